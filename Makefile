@@ -1,0 +1,26 @@
+# Two commands on a fresh machine: `make train` and `make test`.
+# Each builds .venv on first use and reinstalls only when pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXPERIMENT ?= experiments/digits/cnn.yaml
+
+.PHONY: train test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/litlab fit --config $(EXPERIMENT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/digits.py
+
+clean:
+	rm -rf runs wandb lightning_logs .pytest_cache

@@ -1,0 +1,1 @@
+"""Experiments: the `litlab` command line and one YAML file per recipe."""

@@ -1,0 +1,169 @@
+"""The `litlab` command: LightningCLI with litlab's defaults, W&B set-up and clear errors."""
+
+import netrc
+import os
+import re
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
+from jsonargparse import Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.model_helpers import is_overridden
+
+DEFAULTS = Path(__file__).with_name("defaults.yaml")
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for: printed as one sentence, no traceback."""
+
+
+def wandb_logged_in() -> bool:
+    """True when W&B has credentials: an API key in the environment or a netrc entry."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+BOILERPLATE = (
+    "Does not validate against",
+    "Subtypes:",
+    "Errors:",
+    "Given value type:",
+    "Expected a <class 'NoneType'>",
+    "Expected a path but",
+    "Problem with given class_path",
+)
+
+
+def summarize_parser_error(message: str) -> str:
+    """One sentence from jsonargparse's nested report: the deepest key, what is wrong, the value given."""
+    keys, detail, given, class_path = [], "", "", ""
+    for line in message.splitlines():
+        text = line.strip().lstrip("- ").strip()
+        if path := re.match(r"Problem with given class_path '([^']+)'", text):
+            class_path = path.group(1)
+        if key := re.match(r'Parser key "([^"]+)"', text):
+            keys.append(key.group(1))
+            detail = text[key.end() :].strip(" :")
+        elif text.startswith("Given value:"):
+            given = given or text.removeprefix("Given value:").strip()
+        elif text and not text.startswith(BOILERPLATE) and not detail:
+            detail = text
+    if not keys:
+        return message.strip().splitlines()[0]
+    where = ".".join(keys)
+    if class_path and ("has no attribute" in detail or "No module named" in detail):
+        return f"{where}: cannot import class '{class_path}' ({detail}); check the class_path"
+    if given and given not in detail and "NestedArg" not in given and not given.startswith("{"):
+        detail = f"{detail} (got {given!r})"
+    return f"{where}: {detail or 'invalid value'}"
+
+
+class LitlabArgumentParser(LightningArgumentParser):
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:  # jsonargparse is trying alternatives; let it.
+            super().error(message, ex)
+        prog = self.prog.replace(" [options]", "")
+        print(f"litlab: error: {summarize_parser_error(message)}. See: {prog} --help", file=sys.stderr)
+        sys.exit(2)
+
+
+class LoggerSaveConfigCallback(SaveConfigCallback):
+    """Saves config.yaml in the run directory, and logs the whole resolved config to every logger."""
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": config})
+
+
+class LitlabCLI(LightningCLI):
+    def __init__(self, args: list[str] | None = None, **kwargs) -> None:
+        super().__init__(
+            model_class=LightningModule,
+            datamodule_class=LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=LoggerSaveConfigCallback,
+            parser_class=LitlabArgumentParser,
+            # Tasks take their optimizer as an argument; no second, global --optimizer.
+            auto_configure_optimizers=False,
+            parser_kwargs={sub: {"default_config_files": [str(DEFAULTS)]} for sub in SUBCOMMANDS},
+            args=args,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The data knows how many classes it has; the model is told, never typed twice.
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        # `--trainer.enable_progress_bar=false` should just work, although defaults.yaml adds a bar.
+        trainer = self.config[self.subcommand].trainer if self.subcommand else self.config.trainer
+        if trainer.enable_progress_bar is False and trainer.callbacks:
+            trainer.callbacks = [c for c in trainer.callbacks if not c.class_path.endswith("ProgressBar")]
+
+    def instantiate_classes(self) -> None:
+        # A constructor that rejects its arguments is a configuration mistake, not a bug.
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:
+            raise UserError(str(err)) from err
+
+    def after_fit(self) -> None:
+        """Test the best checkpoint, then say where everything went."""
+        trainer = self.trainer
+        if trainer.interrupted or trainer.fast_dev_run:
+            return
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint is not None else ""
+        if is_overridden("test_step", self.model) and is_overridden("test_dataloader", self.datamodule):
+            trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
+        self._report(best)
+
+    def after_test(self) -> None:
+        self._report()
+
+    @rank_zero_only
+    def _report(self, best: str = "") -> None:
+        metrics = self.trainer.callback_metrics
+        lines = [f"{key} = {float(value):.4f}" for key, value in sorted(metrics.items()) if key.startswith("test/")]
+        if best:
+            lines.append(f"best checkpoint: {best}")
+        if self.trainer.log_dir:
+            lines.append(f"run directory:   {self.trainer.log_dir}")
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger) and logger._experiment is not None:
+                run = logger.experiment
+                run_dir = Path(run.dir).parent
+                if run.settings.mode == "offline":
+                    lines.append(f"W&B run (offline): {run_dir}; upload it with: wandb sync {run_dir}")
+                else:
+                    lines.append(f"W&B run: {run.url}")
+        print("\n".join(lines), flush=True)
+
+
+def main(args: list[str] | None = None) -> None:
+    # Offline unless the user has W&B credentials; an explicit WANDB_MODE always wins.
+    if "WANDB_MODE" not in os.environ and not wandb_logged_in():
+        os.environ["WANDB_MODE"] = "offline"
+    try:
+        LitlabCLI(args=args)
+    except (UserError, MisconfigurationException, FileNotFoundError) as err:
+        print(f"litlab: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

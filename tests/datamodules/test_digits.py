@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from datamodules import DigitsDataModule
+
+
+def setup(**kwargs) -> DigitsDataModule:
+    dm = DigitsDataModule(**kwargs)
+    dm.setup("fit")
+    return dm
+
+
+def labels(dataset) -> torch.Tensor:
+    return dataset.tensors[1]
+
+
+def test_split_is_disjoint_stratified_and_complete():
+    dm = setup()
+    sizes = [len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)]
+    assert sum(sizes) == 1797
+    assert sizes[2] == pytest.approx(0.2 * 1797, abs=1) and sizes[1] == pytest.approx(0.1 * 1797, abs=1)
+    rows = torch.cat([dm.train_dataset.tensors[0], dm.val_dataset.tensors[0], dm.test_dataset.tensors[0]])
+    assert len(torch.unique(rows.flatten(1), dim=0)) >= 1797 - 20  # digits has a few duplicate images
+    for dataset in (dm.val_dataset, dm.test_dataset):
+        share = torch.bincount(labels(dataset), minlength=10) / len(dataset)
+        assert share.min() > 0.08 and share.max() < 0.12  # every class near its 10%
+
+
+def test_split_depends_on_seed_only():
+    a, b, c = setup(seed=1), setup(seed=1), setup(seed=2)
+    assert torch.equal(a.test_dataset.tensors[0], b.test_dataset.tensors[0])
+    assert not torch.equal(a.test_dataset.tensors[0], c.test_dataset.tensors[0])
+
+
+def test_views_and_normalisation():
+    image, sequence = setup(view="image"), setup(view="sequence")
+    x, y = next(iter(image.train_dataloader()))
+    assert x.shape == (64, 1, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.long
+    assert image.input_shape == (1, 8, 8) and sequence.input_shape == (8, 8)
+    assert sequence.train_dataset.tensors[0].shape[1:] == (8, 8)
+    # Row t of the sequence view is row t of the image.
+    assert torch.equal(image.test_dataset.tensors[0][:, 0], sequence.test_dataset.tensors[0])
+    train = image.train_dataset.tensors[0]
+    assert train.mean().abs() < 1e-4 and (train.std() - 1).abs() < 1e-3
+    raw = setup(normalize=False).train_dataset.tensors[0]
+    assert raw.min() == 0 and raw.max() == 1
+
+
+def test_label_fraction_keeps_a_stratified_share_and_sets_the_rest_aside():
+    full, few = setup(), setup(label_fraction=0.1)
+    assert len(few.train_dataset) == pytest.approx(0.1 * len(full.train_dataset), abs=1)
+    counts = torch.bincount(labels(few.train_dataset), minlength=10)
+    assert counts.min() >= 11 and counts.max() <= 14
+    assert len(few.train_dataset) + len(few.unlabeled_dataset) == len(full.train_dataset)
+    assert torch.equal(few.test_dataset.tensors[0], full.test_dataset.tensors[0])  # evaluation unchanged
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"label_fraction": 0.0}, "label_fraction"),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, "leave data to train on"),
+        ({"test_fraction": 1.5}, "test_fraction"),
+    ],
+)
+def test_bad_fractions_are_rejected_by_name(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DigitsDataModule(**kwargs)

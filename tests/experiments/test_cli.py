@@ -1,0 +1,70 @@
+"""The `litlab` command end to end, in subprocesses, as a user runs it."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments.cli import DEFAULTS
+
+EXPERIMENTS = DEFAULTS.parent
+MLP = str(EXPERIMENTS / "digits" / "mlp.yaml")
+QUICK = ["--trainer.max_epochs=2", "--trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory, litlab):
+    """One real `litlab fit`, with W&B left to decide offline mode by itself (no credentials)."""
+    cwd = tmp_path_factory.mktemp("fit")
+    result = litlab(
+        "fit", "--config", MLP, *QUICK, cwd=cwd, env={"WANDB_MODE": None, "WANDB_API_KEY": None, "HOME": str(cwd)}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return cwd, result
+
+
+def test_fit_tests_the_best_checkpoint_and_says_where_everything_went(fitted):
+    cwd, result = fitted
+    (run,) = (cwd / "runs" / "litlab").iterdir()
+    (best,) = (run / "checkpoints").glob("epoch*.ckpt")
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert f"best checkpoint: {best.relative_to(cwd)}" in result.stdout
+    accuracy = float(result.stdout.split("test/acc = ")[1].split()[0])
+    assert accuracy > 0.85
+    # The CSV logger ran beside W&B: validation accuracy for each of the two epochs, then the test.
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert len([r for r in rows if r.get("val/acc")]) == 2
+    assert [float(r["test/acc"]) for r in rows if r.get("test/acc")] == [pytest.approx(accuracy, abs=1e-4)]
+
+
+def test_without_credentials_the_run_is_logged_offline_with_history_and_config(fitted, wandb_run):
+    cwd, result = fitted
+    (run_dir,) = (cwd / "runs" / "wandb").glob("offline-run-*")
+    assert f"wandb sync {run_dir.relative_to(cwd)}" in result.stdout
+    run = wandb_run(run_dir)
+    val_acc = [row["val/acc"] for row in run["history"] if "val/acc" in row]
+    assert len(val_acc) == 2 and all(0 < acc <= 1 for acc in val_acc)
+    config = run["config"]["config"]
+    assert config["model"]["init_args"]["backbone"]["class_path"] == "models.backbones.MLP"
+    assert config["trainer"]["max_epochs"] == 2 and config["seed_everything"] == 0
+
+
+def test_test_and_predict_from_the_checkpoint(fitted, litlab):
+    cwd, fit = fitted
+    (best,) = (cwd / "runs" / "litlab").glob("version_0/checkpoints/epoch*.ckpt")
+    accuracy = float(fit.stdout.split("test/acc = ")[1].split()[0])
+
+    tested = litlab("test", "--config", MLP, "--ckpt_path", str(best), "--trainer.enable_progress_bar=false")
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    assert f"test/acc = {accuracy:.4f}" in tested.stdout
+
+    predicted = litlab("predict", "--config", MLP, "--ckpt_path", str(best), "--trainer.enable_progress_bar=false")
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    (out,) = Path("runs").glob("litlab/version_*/predictions.csv")
+    rows = list(csv.DictReader(out.open()))
+    assert [int(r["index"]) for r in rows] == list(range(360))
+    probs = [sum(float(r[f"prob_{c}"]) for c in range(10)) for r in rows]
+    assert all(p == pytest.approx(1.0, abs=1e-4) for p in probs)
+    hits = sum(r["pred"] == r["target"] for r in rows)
+    assert hits / len(rows) == pytest.approx(accuracy, abs=1e-4)  # the same model on the same test split

@@ -1,0 +1,144 @@
+"""Every registered backbone on every input kind it declares, then behaviour per backbone."""
+
+import pytest
+import torch
+from torch import nn
+
+from models.backbones import BACKBONES, CNN, MLP, RNN, Transformer
+
+SHAPES = {"image": [(2, 3, 16, 16), (2, 1, 8, 8)], "sequence": [(2, 8, 8)], "tokens": [(2, 8)]}
+CASES = [
+    pytest.param(cls, kwargs, kind, shape, id=f"{name}-{kind}{i}-{'x'.join(map(str, shape))}")
+    for name, cls in BACKBONES.items()
+    for kind, examples in cls.examples.items()
+    for i, kwargs in enumerate(examples)
+    for shape in SHAPES[kind]
+]
+
+
+def make_input(kind: str, shape: tuple[int, ...]) -> torch.Tensor:
+    # Token examples must therefore use vocab_size >= 10.
+    return torch.randint(0, 10, shape) if kind == "tokens" else torch.randn(shape)
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "kind", "shape"), CASES)
+def test_registered_backbone_gives_features_and_gradients(
+    cls: type[nn.Module], kwargs: dict, kind: str, shape: tuple[int, ...]
+) -> None:
+    torch.manual_seed(0)
+    model = cls(**kwargs)
+    out = model(make_input(kind, shape))
+    assert out.shape == (2, model.out_features)
+    assert torch.isfinite(out).all()
+    # A random weighting, not a plain sum: the sum of a LayerNorm's outputs is constant,
+    # so it would send no gradient to the layers before it.
+    (out * torch.randn_like(out)).sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+
+
+def test_every_backbone_declares_an_example() -> None:
+    assert {"MLP", "CNN", "RNN", "Transformer"} <= set(BACKBONES)
+    assert all(cls.examples and all(cls.examples.values()) for cls in BACKBONES.values())
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_transformer_causal_mask_hides_later_tokens(causal: bool) -> None:
+    torch.manual_seed(0)
+    model = Transformer(input="tokens", vocab_size=10, causal=causal, pool="none").eval()
+    x = torch.randint(0, 10, (2, 8))
+    changed = x.clone()
+    changed[:, -1] = (x[:, -1] + 1) % 10
+    earlier_same = torch.allclose(model(x)[:, :-1], model(changed)[:, :-1], atol=1e-6)
+    assert earlier_same == causal
+
+
+@pytest.mark.parametrize(
+    ("pool", "shape"), [("mean", (2, 32)), ("cls", (2, 32)), ("last", (2, 32)), ("none", (2, 8, 32))]
+)
+def test_transformer_pool_shapes(pool: str, shape: tuple[int, ...]) -> None:
+    model = Transformer(d_model=32, pool=pool)
+    assert model(torch.randn(2, 8, 5)).shape == shape
+    assert model.out_features == 32
+
+
+def test_transformer_last_pool_is_the_last_token() -> None:
+    torch.manual_seed(0)
+    model = Transformer(causal=True, pool="last").eval()
+    x = torch.randn(2, 8, 5)
+    model.pool = "none"
+    tokens = model(x)
+    model.pool = "last"
+    assert torch.equal(model(x), tokens[:, -1])
+
+
+def test_transformer_rejects_bad_configs() -> None:
+    with pytest.raises(ValueError, match="max_len"):
+        Transformer(max_len=4)(torch.randn(2, 8, 5))
+    with pytest.raises(ValueError, match="max_len"):
+        Transformer(input="image", patch_size=2, max_len=15)(torch.randn(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="patch_size"):
+        Transformer(input="image", patch_size=3)(torch.randn(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="vocab_size"):
+        Transformer(input="tokens")
+    with pytest.raises(ValueError, match="divisible by heads"):
+        Transformer(d_model=30, heads=4)
+    with pytest.raises(ValueError, match="pool='last'"):
+        Transformer(causal=True, pool="cls")
+
+
+def test_transformer_cls_token_adds_one_position() -> None:
+    model = Transformer(pool="cls", max_len=8)
+    assert model(torch.randn(2, 8, 5)).shape == (2, 64)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_rnn_bidirectional_doubles_features(cell: str) -> None:
+    one, two = RNN(cell, hidden_size=16), RNN(cell, hidden_size=16, num_layers=2, bidirectional=True)
+    x = torch.randn(2, 8, 5)
+    assert (one.out_features, two.out_features) == (16, 32)
+    assert one(x).shape == (2, 16) and two(x).shape == (2, 32)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_rnn_returns_the_last_layers_final_states(cell: str) -> None:
+    torch.manual_seed(0)
+    model = RNN(cell, hidden_size=16, num_layers=2, bidirectional=True)
+    x = torch.randn(2, 8, 5)
+    out = model(x)
+    seq, _ = model.rnn(model.project(x))  # (B, T, 2 * hidden): the last layer at every step
+    # Forward direction ends at the last step, backward direction at the first.
+    assert torch.allclose(out, torch.cat([seq[:, -1, :16], seq[:, 0, 16:]], dim=1))
+
+
+def test_rnn_summary_depends_on_early_steps() -> None:
+    torch.manual_seed(0)
+    model = RNN("gru", hidden_size=16)
+    x = torch.randn(2, 8, 5)
+    changed = x.clone()
+    changed[:, 0] += 1.0
+    assert not torch.allclose(model(x), model(changed))
+
+
+def test_cnn_eval_is_deterministic_and_per_sample() -> None:
+    torch.manual_seed(0)
+    model = CNN(channels=[8, 16], dropout=0.5)
+    x = torch.randn(4, 1, 8, 8)
+    train_out = model(x)  # batch statistics: each output depends on the whole batch
+    assert not torch.allclose(train_out[:1], model(x[:1]))
+    model.eval()  # running statistics and no dropout
+    assert torch.equal(model(x), model(x))
+    assert torch.allclose(model(x)[:1], model(x[:1]), atol=1e-6)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_mlp_depth_is_the_number_of_linear_layers(depth: int) -> None:
+    model = MLP(depth=depth, width=16)
+    assert model(torch.randn(2, 3, 4)).shape == (2, 16)
+    assert sum(isinstance(m, nn.Linear) for m in model.modules()) == depth
+
+
+def test_mlp_rejects_zero_depth() -> None:
+    with pytest.raises(ValueError, match="depth"):
+        MLP(depth=0)
