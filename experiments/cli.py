@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
+import wandb
 import yaml
-from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -61,7 +61,7 @@ def summarize_parser_error(message: str) -> str:
         elif text and not text.startswith(BOILERPLATE) and not detail:
             detail = text
     if not keys:
-        return message.strip().splitlines()[0]
+        return detail or message.strip().splitlines()[0]
     where = ".".join(keys)
     if class_path and ("has no attribute" in detail or "No module named" in detail):
         return f"{where}: cannot import class '{class_path}' ({detail}); check the class_path"
@@ -119,37 +119,53 @@ class LitlabCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, TypeError) as err:
-            raise UserError(str(err)) from err
+            raise UserError(summarize_parser_error(str(err))) from err
 
     def after_fit(self) -> None:
         """Test the best checkpoint, then say where everything went."""
         trainer = self.trainer
-        if trainer.interrupted or trainer.fast_dev_run:
-            return
-        checkpoint = trainer.checkpoint_callback
-        best = checkpoint.best_model_path if checkpoint is not None else ""
-        if is_overridden("test_step", self.model) and is_overridden("test_dataloader", self.datamodule):
-            trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
-        self._report(best)
+        if not (trainer.interrupted or trainer.fast_dev_run):
+            checkpoint = trainer.checkpoint_callback
+            best = checkpoint.best_model_path if checkpoint is not None else ""
+            if is_overridden("test_step", self.model) and is_overridden("test_dataloader", self.datamodule):
+                trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
+            self._report(best)
+        self._finish_wandb()
+
+    def after_validate(self) -> None:
+        self._finish_wandb()
 
     def after_test(self) -> None:
         self._report()
+        self._finish_wandb()
+
+    def after_predict(self) -> None:
+        self._finish_wandb()
 
     @rank_zero_only
+    def _finish_wandb(self) -> None:
+        # One job, one W&B run: fit and its final test share the run, which then ends here
+        # (Lightning leaves it open, and a second CLI in the same process would reuse it).
+        if wandb.run is not None:
+            wandb.finish()
+
     def _report(self, best: str = "") -> None:
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask
+        if not self.trainer.is_global_zero:
+            return
         metrics = self.trainer.callback_metrics
         lines = [f"{key} = {float(value):.4f}" for key, value in sorted(metrics.items()) if key.startswith("test/")]
         if best:
             lines.append(f"best checkpoint: {best}")
-        if self.trainer.log_dir:
-            lines.append(f"run directory:   {self.trainer.log_dir}")
+        if log_dir:
+            lines.append(f"run directory:   {log_dir}")
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger) and logger._experiment is not None:
                 run = logger.experiment
                 run_dir = Path(run.dir).parent
                 if run.settings.mode == "offline":
                     lines.append(f"W&B run (offline): {run_dir}; upload it with: wandb sync {run_dir}")
-                else:
+                elif run.url:
                     lines.append(f"W&B run: {run.url}")
         print("\n".join(lines), flush=True)
 
@@ -158,6 +174,8 @@ def main(args: list[str] | None = None) -> None:
     # Offline unless the user has W&B credentials; an explicit WANDB_MODE always wins.
     if "WANDB_MODE" not in os.environ and not wandb_logged_in():
         os.environ["WANDB_MODE"] = "offline"
+    # W&B's own banner repeats what the closing report says in one line.
+    os.environ.setdefault("WANDB_SILENT", "true")
     try:
         LitlabCLI(args=args)
     except (UserError, MisconfigurationException, FileNotFoundError) as err:

@@ -75,9 +75,12 @@ class Classifier(L.LightningModule):
         logits = self(x)
         loss = self.loss(logits, y)
         metrics(logits, y)
-        # Training loss per step (the curve to watch); evaluation loss averaged over the epoch.
+        # Training loss per step (the curve to watch); evaluation loss averaged over the epoch
+        # and over ranks, so that every rank picks the same best checkpoint.
         train = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=train, on_epoch=not train, prog_bar=True, batch_size=len(y))
+        self.log(
+            f"{stage}/loss", loss, on_step=train, on_epoch=not train, sync_dist=not train, prog_bar=True, batch_size=len(y)
+        )
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(y))
         return loss
 

@@ -1,0 +1,46 @@
+"""Every YAML under experiments/ parses, instantiates and takes a training step, so none rots."""
+
+import re
+
+import pytest
+import yaml
+
+from experiments.cli import DEFAULTS, LitlabCLI
+
+ROOT = DEFAULTS.parent
+EXPERIMENTS = sorted(p for p in ROOT.rglob("*.yaml") if p != DEFAULTS)
+
+
+@pytest.fixture(autouse=True)
+def no_wandb(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+
+
+def test_there_are_experiments():
+    assert {"cnn", "mlp", "rnn", "lstm", "gru", "transformer"} <= {p.stem for p in ROOT.glob("digits/*.yaml")}
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_experiment_header_gives_the_command_that_runs_it(path):
+    header = path.read_text().split("\n\n")[0]
+    command = f"litlab fit --config experiments/{path.relative_to(ROOT)}"
+    assert re.search(rf"^#\s+{re.escape(command)}\s*$", header, re.M), f"{path} header lacks `{command}`"
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_experiment_holds_only_what_differs_from_the_defaults(path):
+    defaults, experiment = yaml.safe_load(DEFAULTS.read_text()), yaml.safe_load(path.read_text())
+
+    def repeated(a, b, key=""):
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [k for name in a.keys() & b.keys() for k in repeated(a[name], b[name], f"{key}.{name}")]
+        return [key] if a == b else []
+
+    assert not repeated(experiment, defaults), f"{path} repeats defaults.yaml"
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_experiment_instantiates_and_trains_one_step(path):
+    cli = LitlabCLI(args=["fit", "--config", str(path), "--trainer.fast_dev_run=1", "--trainer.enable_progress_bar=false"])
+    assert cli.trainer.state.finished
+    assert cli.trainer.global_step == 1

@@ -1,0 +1,27 @@
+"""Multi-process training is a flag: two gloo processes on CPU through the real CLI."""
+
+import pytest
+
+from experiments.cli import DEFAULTS
+
+
+@pytest.mark.slow
+def test_ddp_fit_on_two_cpu_processes_makes_one_run(litlab, wandb_run, tmp_path):
+    result = litlab(
+        "fit",
+        "--config", str(DEFAULTS.parent / "digits" / "mlp.yaml"),
+        "--trainer.strategy=ddp",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.max_epochs=2",
+        "--trainer.enable_progress_bar=false",
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Rank zero alone speaks and writes: one summary, one CSV run, one W&B run.
+    assert result.stdout.count("test/acc = ") == 1
+    assert float(result.stdout.split("test/acc = ")[1].split()[0]) > 0.85
+    assert len(list((tmp_path / "runs" / "litlab").iterdir())) == 1
+    (run_dir,) = (tmp_path / "runs" / "wandb").glob("offline-run-*")
+    history = wandb_run(run_dir)["history"]
+    assert len([row for row in history if "val/acc" in row]) == 2
