@@ -12,7 +12,7 @@ import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
@@ -120,6 +120,14 @@ class LitlabCLI(LightningCLI):
             super().instantiate_classes()
         except (ValueError, TypeError) as err:
             raise UserError(summarize_parser_error(str(err))) from err
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        # W&B is the one logger a config names (so `--trainer.logger.init_args.name=...` works);
+        # a CSV logger always runs beside it, first, so the run directory is local.
+        logger = self._get(self.config_init, "trainer", default={}).get("logger")
+        if isinstance(logger, WandbLogger):
+            kwargs.setdefault("logger", [CSVLogger(save_dir=logger.save_dir or ".", name=logger.name), logger])
+        return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
         """Test the best checkpoint, then say where everything went."""

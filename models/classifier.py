@@ -36,6 +36,8 @@ class Classifier(L.LightningModule):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2; got {num_classes}.")
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1); got {warmup_fraction}.")
         if loss == "mse" and label_smoothing:
             raise ValueError("label_smoothing applies to loss=cross_entropy only; set it to 0 for mse.")
         # The backbone is a module, saved in the state dict; its config is saved by the CLI.
@@ -101,4 +103,5 @@ class Classifier(L.LightningModule):
         return out
 
     def configure_optimizers(self):
-        return configure_optimization(self, self.optimizer, self.schedule, self.warmup_fraction)
+        steps = int(self.trainer.estimated_stepping_batches)
+        return configure_optimization(self, self.optimizer, self.schedule, steps, self.warmup_fraction)

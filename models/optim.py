@@ -7,14 +7,14 @@ derived from the run (`trainer.estimated_stepping_batches`), not typed into a co
 
 from typing import Literal
 
-import lightning as L
 from lightning.pytorch.cli import OptimizerCallable
+from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, OneCycleLR, SequentialLR
 
 Schedule = Literal["constant", "cosine", "onecycle"]
 
 
-def parameter_groups(module: L.LightningModule) -> list[dict]:
+def parameter_groups(module: nn.Module) -> list[dict]:
     """Weight decay for matrices and kernels only: biases and norm scales are left alone."""
     params = [p for p in module.parameters() if p.requires_grad]
     return [
@@ -24,18 +24,18 @@ def parameter_groups(module: L.LightningModule) -> list[dict]:
 
 
 def configure_optimization(
-    module: L.LightningModule, optimizer: OptimizerCallable, schedule: Schedule, warmup_fraction: float = 0.0
+    module: nn.Module, optimizer: OptimizerCallable, schedule: Schedule, total_steps: int, warmup_fraction: float = 0.0
 ):
+    """What `configure_optimizers` returns: the optimizer, and a per-step schedule over `total_steps`."""
     opt = optimizer(parameter_groups(module))
     if schedule == "constant":
         return opt
-    total = int(module.trainer.estimated_stepping_batches)
     if schedule == "onecycle":
         max_lr = [group["lr"] for group in opt.param_groups]
-        scheduler = OneCycleLR(opt, max_lr=max_lr, total_steps=total, pct_start=warmup_fraction or 0.3)
+        scheduler = OneCycleLR(opt, max_lr=max_lr, total_steps=total_steps, pct_start=warmup_fraction or 0.3)
     else:
-        warmup = int(warmup_fraction * total)
-        scheduler = CosineAnnealingLR(opt, T_max=max(total - warmup, 1))
+        warmup = int(warmup_fraction * total_steps)
+        scheduler = CosineAnnealingLR(opt, T_max=max(total_steps - warmup, 1))
         if warmup:
             ramp = LinearLR(opt, start_factor=1.0 / warmup, total_iters=warmup)
             scheduler = SequentialLR(opt, [ramp, scheduler], milestones=[warmup])

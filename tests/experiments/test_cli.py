@@ -43,6 +43,7 @@ def test_without_credentials_the_run_is_logged_offline_with_history_and_config(f
     (run_dir,) = (cwd / "runs" / "wandb").glob("offline-run-*")
     assert f"wandb sync {run_dir.relative_to(cwd)}" in result.stdout
     run = wandb_run(run_dir)
+    assert (run["name"], run["project"], run["tags"]) == ("digits-mlp", "litlab", ["digits", "mlp"])
     val_acc = [row["val/acc"] for row in run["history"] if "val/acc" in row]
     assert len(val_acc) == 2 and all(0 < acc <= 1 for acc in val_acc)
     config = run["config"]["config"]

@@ -37,6 +37,7 @@ def test_experiment_holds_only_what_differs_from_the_defaults(path):
         return [key] if a == b else []
 
     assert not repeated(experiment, defaults), f"{path} repeats defaults.yaml"
+    assert "num_classes" not in path.read_text(), "the number of classes is linked from the data, never typed"
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(ROOT)))

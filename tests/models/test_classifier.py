@@ -1,0 +1,73 @@
+from functools import partial
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from datamodules import DigitsDataModule
+from models import Classifier
+from models.backbones import CNN, MLP
+from models.lazy import materialize
+
+
+def classifier(**kwargs) -> Classifier:
+    return Classifier(backbone=kwargs.pop("backbone", MLP(width=32)), num_classes=10, **kwargs)
+
+
+def test_head_is_sized_from_the_backbone_and_the_classes():
+    model = Classifier(backbone=MLP(width=48), num_classes=7)
+    assert (model.head.in_features, model.head.out_features) == (48, 7)
+
+
+def test_losses_match_their_definitions():
+    logits, y = torch.randn(6, 10), torch.randint(0, 10, (6,))
+    mse = classifier(loss="mse").loss(logits, y)
+    assert mse == pytest.approx(((logits.softmax(-1) - F.one_hot(y, 10)) ** 2).mean().item())
+    smoothed = classifier(label_smoothing=0.1).loss(logits, y)
+    assert smoothed == pytest.approx(F.cross_entropy(logits, y, label_smoothing=0.1).item())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"loss": "mse", "label_smoothing": 0.1}, "label_smoothing applies to loss=cross_entropy"),
+        ({"warmup_fraction": 1.0}, "warmup_fraction"),
+    ],
+)
+def test_contradictory_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        classifier(**kwargs)
+
+
+def test_dry_run_sizes_lazy_layers_without_touching_batch_norm_statistics():
+    backbone = CNN(channels=[8])
+    dm = DigitsDataModule()
+    materialize(backbone, dm)
+    assert backbone.features[0].weight.shape == (8, 1, 3, 3)
+    bn = backbone.features[1]
+    assert torch.equal(bn.running_mean, torch.zeros(8)) and bn.num_batches_tracked == 0
+    assert backbone.training
+
+
+def test_dry_run_needs_the_datamodule_to_declare_its_shape():
+    with pytest.raises(ValueError, match="declares no input_shape"):
+        materialize(MLP(), object())
+
+
+def test_fit_learns_and_predict_gives_classes_and_probabilities():
+    L.seed_everything(0)
+    dm = DigitsDataModule()
+    model = classifier(optimizer=partial(torch.optim.Adam, lr=0.01))
+    trainer = L.Trainer(
+        max_epochs=5, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    trainer.fit(model, datamodule=dm)
+    (results,) = trainer.test(model, datamodule=dm, verbose=False)
+    assert results["test/acc"] > 0.9 and set(results) == {"test/loss", "test/acc", "test/f1"}
+    batches = trainer.predict(model, datamodule=dm)
+    probs = torch.cat([b["probs"] for b in batches])
+    assert probs.shape == (360, 10) and torch.allclose(probs.sum(-1), torch.ones(360))
+    assert torch.equal(torch.cat([b["pred"] for b in batches]), probs.argmax(-1))
+    accuracy = (torch.cat([b["pred"] for b in batches]) == torch.cat([b["target"] for b in batches])).float().mean()
+    assert accuracy == pytest.approx(results["test/acc"], abs=1e-6)
