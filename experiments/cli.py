@@ -75,7 +75,7 @@ class LitlabArgumentParser(LightningArgumentParser):
         if not self.exit_on_error:  # jsonargparse is trying alternatives; let it.
             super().error(message, ex)
         prog = self.prog.replace(" [options]", "")
-        print(f"litlab: error: {summarize_parser_error(message)}. See: {prog} --help", file=sys.stderr)
+        print(f"litlab: error: {summarize_parser_error(message).rstrip('.')}. See: {prog} --help", file=sys.stderr)
         sys.exit(2)
 
 
