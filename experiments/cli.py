@@ -167,14 +167,12 @@ class LitlabCLI(LightningCLI):
             lines.append(f"best checkpoint: {best}")
         if log_dir:
             lines.append(f"run directory:   {log_dir}")
-        for logger in self.trainer.loggers:
-            if isinstance(logger, WandbLogger) and logger._experiment is not None:
-                run = logger.experiment
-                run_dir = Path(run.dir).parent
-                if run.settings.mode == "offline":
-                    lines.append(f"W&B run (offline): {run_dir}; upload it with: wandb sync {run_dir}")
-                elif run.url:
-                    lines.append(f"W&B run: {run.url}")
+        run = wandb.run
+        if run is not None and run.settings.mode == "offline":
+            run_dir = Path(run.dir).parent
+            lines.append(f"W&B run (offline): {run_dir}; upload it with: wandb sync {run_dir}")
+        elif run is not None and run.url:
+            lines.append(f"W&B run: {run.url}")
         print("\n".join(lines), flush=True)
 
 

@@ -32,6 +32,7 @@ class Classifier(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         schedule: Schedule = "constant",
         warmup_fraction: float = 0.0,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -50,6 +51,7 @@ class Classifier(L.LightningModule):
         self.optimizer = optimizer
         self.schedule = schedule
         self.warmup_fraction = warmup_fraction
+        self.channels_last = channels_last
         metrics = MetricCollection(
             {
                 "acc": MulticlassAccuracy(num_classes, average="micro"),
@@ -62,8 +64,13 @@ class Classifier(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         materialize(self.backbone, self.trainer.datamodule)
+        if self.channels_last:
+            # NHWC lets cuDNN use its fastest convolution kernels under mixed precision.
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.head(self.backbone(x))
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -94,3 +94,107 @@ def read_wandb_run(run_dir: Path) -> dict:
 def wandb_run():
     """Reader for an offline W&B run directory: {'name', 'project', 'tags', 'config', 'history'}."""
     return read_wandb_run
+
+
+# ---- Small datasets written in the real on-disk formats, learnable by class ----
+
+
+def square_value(label: int) -> int:
+    """The brightness of a class's square: distinct for ten classes, so even a pooled feature tells them apart."""
+    return 60 + 19 * (label % 10)
+
+
+def class_images(n: int, classes: int, channels: int, size: int, seed: int = 0) -> tuple:
+    """uint8 images (n, size, size, channels) on faint noise, each with its class's square: a
+    class-specific place and brightness (`square_value`)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    rng.shuffle(labels)
+    images = rng.integers(0, 40, (n, size, size, channels), dtype=np.uint8)
+    cells = int(np.ceil(np.sqrt(classes)))
+    step = size // cells
+    for i, label in enumerate(labels):
+        r, c = divmod(int(label), cells)
+        images[i, r * step : (r + 1) * step, c * step : (c + 1) * step] = square_value(int(label))
+    return images, labels
+
+
+def write_mnist(root: Path, folder: str = "MNIST", n_train: int = 200, n_test: int = 100) -> Path:
+    """MNIST idx files (uncompressed), where torchvision looks: root/<folder>/raw/."""
+    import struct
+
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = class_images(n, 10, 1, 28, seed)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.astype("uint8").tobytes())
+    return root
+
+
+def write_cifar(root: Path, classes: int = 10, n_per_batch: int = 40, n_test: int = 100) -> Path:
+    """CIFAR python pickle batches, where torchvision looks: root/cifar-10-batches-py/ or root/cifar-100-python/."""
+    import pickle
+
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = CIFAR10 if classes == 10 else CIFAR100
+    folder = root / cls.base_folder
+    folder.mkdir(parents=True, exist_ok=True)
+    label_key = "labels" if classes == 10 else "fine_labels"
+    test_names = [name for name, _ in cls.test_list]
+    for i, (name, _) in enumerate(cls.train_list + cls.test_list):
+        n = n_test if name in test_names else n_per_batch
+        images, labels = class_images(n, classes, 3, 32, seed=i)
+        data = images.transpose(0, 3, 1, 2).reshape(n, 3072)  # CIFAR rows: all red, then green, then blue
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, label_key: labels.tolist()}, f)
+    with open(folder / cls.meta["filename"], "wb") as f:
+        pickle.dump({cls.meta["key"]: [f"class{c}" for c in range(classes)]}, f)
+    return root
+
+
+def trust_written_cifar(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    """torchvision checks CIFAR files against the real files' MD5s; accept the ones the test wrote."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+    from torchvision.datasets.utils import calculate_md5
+
+    for cls in (CIFAR10, CIFAR100):
+        folder = root / cls.base_folder
+        if folder.exists():
+            md5 = lambda name: calculate_md5(str(folder / name))  # noqa: E731
+            monkeypatch.setattr(cls, "train_list", [[name, md5(name)] for name, _ in cls.train_list])
+            monkeypatch.setattr(cls, "test_list", [[name, md5(name)] for name, _ in cls.test_list])
+            monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5(cls.meta["filename"])})
+
+
+def write_image_folder(root: Path, classes: int = 3, per_class: int = 12, size: int = 16) -> Path:
+    """PNG files in class subfolders: root/<class>/<i>.png."""
+    from PIL import Image
+
+    images, labels = class_images(classes * per_class, classes, 3, size)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = root / f"class_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def datasets_on_disk(monkeypatch: pytest.MonkeyPatch):
+    """Writers for small MNIST / FashionMNIST / CIFAR / PNG-folder datasets in their real formats."""
+
+    class Writers:
+        square_value = staticmethod(square_value)
+        mnist = staticmethod(write_mnist)
+        image_folder = staticmethod(write_image_folder)
+
+        @staticmethod
+        def cifar(root: Path, classes: int = 10, **kwargs) -> Path:
+            write_cifar(root, classes, **kwargs)
+            trust_written_cifar(monkeypatch, root)
+            return root
+
+    return Writers

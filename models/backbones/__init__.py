@@ -8,7 +8,8 @@ from models.backbones.activations import ACTIVATIONS
 from models.backbones.cnn import CNN
 from models.backbones.mlp import MLP
 from models.backbones.registry import BACKBONES, register
+from models.backbones.resnet import ResNet
 from models.backbones.rnn import RNN
 from models.backbones.transformer import Transformer
 
-__all__ = ["ACTIVATIONS", "BACKBONES", "CNN", "MLP", "RNN", "Transformer", "register"]
+__all__ = ["ACTIVATIONS", "BACKBONES", "CNN", "MLP", "RNN", "ResNet", "Transformer", "register"]

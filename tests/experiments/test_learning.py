@@ -43,3 +43,33 @@ def test_a_step_activation_mlp_learns_far_above_chance() -> None:
 @pytest.mark.slow
 def test_squared_error_loss_also_learns() -> None:
     assert fit("--config", str(DIGITS / "mlp.yaml"), "--model.init_args.loss=mse") >= 0.93
+
+
+@pytest.mark.slow
+def test_augmentation_does_not_cost_digits_accuracy() -> None:
+    # One test image is 0.28 points, so compare means over seeds, not single runs.
+    seeds = (0, 1, 2)
+    def correct(experiment: str) -> int:  # test images right, summed over the seeds
+        return sum(round(360 * fit("--config", str(DIGITS / experiment), f"--seed_everything={s}")) for s in seeds)
+
+    assert correct("cnn_augment.yaml") >= correct("cnn.yaml")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("on_device", [False, True], ids=["per-sample", "on-device"])
+def test_a_cnn_learns_a_tiny_cifar_format_dataset(datasets_on_disk, tmp_path, on_device: bool) -> None:
+    datasets_on_disk.cifar(tmp_path, n_per_batch=60)
+    accuracy = fit(
+        "--config", str(DIGITS / "cnn.yaml"),
+        "--data=datamodules.VisionDataModule",
+        "--data.dataset=cifar10",
+        f"--data.root={tmp_path}",
+        "--data.num_workers=0",
+        "--model.backbone.channels=[16,32]",
+        "--data.augment.horizontal_flip=true",
+        "--data.augment.crop_padding=2",
+        f"--data.augment.on_device={str(on_device).lower()}",
+        "--data.batch_size=32",
+        "--trainer.max_epochs=30",
+    )
+    assert accuracy >= 0.8  # ten classes: chance is 0.1

@@ -1,0 +1,131 @@
+"""A user's own images: class subfolders, either already split or split here by seeded fractions.
+
+    root/train/<class>/*.png, root/val/<class>/..., root/test/<class>/...   (val optional)
+    root/<class>/*.png                                                       (split here)
+
+Files that are not images, and images that cannot be read, are skipped and reported by
+name; they never stop a run.
+"""
+
+import os
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms import v2
+
+from datamodules.base import ImageDataModule, stratified_split, subset
+from datamodules.transforms import Augmentation
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class LoadImage:
+    """Path -> uint8 (C, H, W) at `size`: the short side resized, then centre-cropped square."""
+
+    def __init__(self, size: int, channels: int) -> None:
+        self.mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+        self.resize = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+
+    def __call__(self, path: str) -> torch.Tensor:
+        return self.resize(decode_image(path, mode=self.mode))
+
+
+class CheckedFiles:
+    """`is_valid_file` for ImageFolder: keeps readable images, remembers what it skipped and why."""
+
+    def __init__(self) -> None:
+        self.skipped: list[str] = []
+
+    def __call__(self, path: str) -> bool:
+        if not path.lower().endswith(IMG_EXTENSIONS):
+            self.skipped.append(f"{path} (not an image)")
+            return False
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as err:  # PIL raises many types for a broken file; all mean "unreadable"
+            self.skipped.append(f"{path} (unreadable: {type(err).__name__})")
+            return False
+        return True
+
+
+def class_names(folder: str) -> list[str]:
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+
+
+class FolderDataModule(ImageDataModule):
+    """Images in class subfolders under `root`; see the module docstring for the two layouts."""
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 64,
+        channels: Literal[1, 3] = 3,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        augment: Augmentation | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        label_fraction: float = 1.0,
+        batch_size: int = 64,
+        num_workers: int = 2,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(augment, val_fraction, label_fraction, batch_size, num_workers, seed)
+        self.save_hyperparameters()
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"Image folder {root} does not exist; set data.root to a folder of class subfolders.")
+        self.root = root
+        self.presplit = os.path.isdir(os.path.join(root, "train"))
+        self.classes = class_names(os.path.join(root, "train") if self.presplit else root)
+        if len(self.classes) < 2:
+            raise FileNotFoundError(
+                f"{root} holds {len(self.classes)} class folder(s); put each class's images in its own subfolder."
+            )
+        self.num_classes = len(self.classes)
+        self.image_size = image_size
+        self.channels = channels
+        default_mean, default_std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.5,))
+        self.mean, self.std = tuple(mean or default_mean), tuple(std or default_std)
+        self.test_fraction = test_fraction
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.channels, self.image_size, self.image_size)
+
+    def _folder(self, path: str, checked: CheckedFiles) -> ImageFolder:
+        dataset = ImageFolder(path, loader=LoadImage(self.image_size, self.channels), is_valid_file=checked, allow_empty=True)
+        if dataset.classes != self.classes:
+            raise FileNotFoundError(
+                f"{path} has classes {dataset.classes} but {self.root} has {self.classes}; every split needs the same class folders."
+            )
+        return dataset
+
+    def load(self):
+        checked = CheckedFiles()
+        if self.presplit:
+            splits = {
+                name: self._folder(os.path.join(self.root, name), checked)
+                for name in ("train", "val", "test")
+                if os.path.isdir(os.path.join(self.root, name))
+            }
+            if "test" not in splits:
+                raise FileNotFoundError(f"{self.root} has train/ but no test/; add test/<class>/ folders.")
+            train, val, test = splits["train"], splits.get("val"), splits["test"]
+            labels = torch.as_tensor(train.targets)
+        else:
+            everything = self._folder(self.root, checked)
+            labels = torch.as_tensor(everything.targets)
+            keep, held_out = stratified_split(labels, 1.0 - self.test_fraction, self.seed)
+            train, labels, val, test = subset(everything, keep), labels[keep], None, subset(everything, held_out)
+        if checked.skipped:
+            rank_zero_warn(f"Skipped {len(checked.skipped)} file(s) under {self.root}: " + "; ".join(checked.skipped))
+        if len(labels) == 0:
+            raise FileNotFoundError(f"No readable images under {self.root}.")
+        return train, labels, val, test

@@ -1,0 +1,85 @@
+"""The real torchvision loading code on small datasets written in the real on-disk formats."""
+
+import pytest
+import torch
+from torchvision.datasets import CIFAR10, MNIST
+
+from datamodules import Augmentation, VisionDataModule
+
+
+def loaded(**kwargs) -> VisionDataModule:
+    dm = VisionDataModule(num_workers=0, **kwargs)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+@pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_mnist_idx_files_are_read(datasets_on_disk, tmp_path, name, folder):
+    datasets_on_disk.mnist(tmp_path, folder)
+    dm = loaded(dataset=name, root=str(tmp_path))
+    assert (dm.num_classes, dm.input_shape) == (10, (1, 28, 28))
+    assert len(dm.train_dataset) + len(dm.val_dataset) == 200 and len(dm.test_dataset) == 100
+    x, y = next(iter(dm.test_dataloader()))
+    assert x.shape == (100, 1, 28, 28) and x.dtype == torch.float32
+    # Each test image still has its class's square: images and labels were read in step.
+    images, labels = dm.test_dataset.dataset.images, dm.test_dataset.dataset.labels
+    assert torch.equal(y, labels)
+    for image, label in zip(images, labels):
+        assert (image == datasets_on_disk.square_value(int(label))).sum() >= 49
+
+
+@pytest.mark.parametrize("classes", [10, 100])
+def test_cifar_pickle_batches_are_read_in_channel_order(datasets_on_disk, tmp_path, classes):
+    # CIFAR-10 has five training files, CIFAR-100 one; a stratified 10% validation split needs a class each.
+    per_batch = 40 if classes == 10 else 1000
+    datasets_on_disk.cifar(tmp_path, classes, n_per_batch=per_batch)
+    dm = loaded(dataset=f"cifar{classes}", root=str(tmp_path))
+    assert (dm.num_classes, dm.input_shape) == (classes, (3, 32, 32))
+    train_files = len(CIFAR10.train_list) if classes == 10 else 1
+    assert len(dm.train_dataset) + len(dm.val_dataset) == train_files * per_batch and len(dm.test_dataset) == 100
+    images, labels = dm.test_dataset.dataset.images, dm.test_dataset.dataset.labels
+    assert images.shape == (100, 3, 32, 32) and images.dtype == torch.uint8
+    # The class square shows in every channel at full size: rows were split into R, G, B planes correctly.
+    for image, label in zip(images, labels):
+        square = (image == datasets_on_disk.square_value(int(label))).sum(dim=(1, 2))
+        assert square.min() >= 9 and square.max() - square.min() < 9
+    assert len(dm.mean) == len(dm.std) == 3
+
+
+def test_validation_split_is_seeded_and_stratified(datasets_on_disk, tmp_path):
+    datasets_on_disk.cifar(tmp_path)
+    a, b = loaded(root=str(tmp_path), seed=3), loaded(root=str(tmp_path), seed=3)
+    assert torch.equal(a.val_dataset.dataset.images, b.val_dataset.dataset.images)
+    counts = torch.bincount(a.val_dataset.dataset.labels, minlength=10)
+    assert counts.min() == counts.max() == 2  # 20 validation images, 2 per class
+    few = loaded(root=str(tmp_path), label_fraction=0.2)
+    assert len(few.train_dataset) == 36 and len(few.unlabeled_dataset) == 144
+
+
+def test_missing_dataset_names_the_folder_and_the_files(tmp_path):
+    dm = VisionDataModule(dataset="mnist", root=str(tmp_path), download=False)
+    with pytest.raises(FileNotFoundError) as err:
+        dm.setup("fit")
+    message = str(err.value)
+    assert str(tmp_path / "MNIST" / "raw") in message and "train-images-idx3-ubyte" in message
+    assert "download: true" in message
+
+
+def test_unreachable_download_gives_the_same_kind_of_error(monkeypatch, tmp_path):
+    # Port 9 on loopback refuses at once: an unreachable mirror without touching the network.
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    monkeypatch.setattr(CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    for name, folder in (("mnist", tmp_path / "MNIST" / "raw"), ("cifar10", tmp_path / "cifar-10-batches-py")):
+        with pytest.raises(FileNotFoundError, match="Could not download") as err:
+            VisionDataModule(dataset=name, root=str(tmp_path), download=True).prepare_data()
+        assert str(folder) in str(err.value)
+
+
+def test_on_device_path_serves_whole_uint8_batches(datasets_on_disk, tmp_path):
+    datasets_on_disk.cifar(tmp_path)
+    dm = loaded(root=str(tmp_path), batch_size=32, augment=Augmentation(crop_padding=4, horizontal_flip=True, on_device=True))
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (32, 3, 32, 32) and x.dtype == torch.uint8 and y.shape == (32,)
+    out, _ = dm.on_after_batch_transfer((x, y), 0)
+    assert out.dtype == torch.float32 and out.shape == x.shape
