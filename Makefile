@@ -21,6 +21,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/digits.py
+	$(BIN)/python benchmarks/augmentation.py
 
 clean:
 	rm -rf runs wandb lightning_logs .pytest_cache

@@ -19,7 +19,7 @@ import torch
 
 from experiments.cli import DEFAULTS, LitlabCLI
 
-EXPERIMENTS = ["cnn", "mlp", "rnn", "lstm", "gru", "transformer"]
+EXPERIMENTS = ["cnn", "cnn_augment", "mlp", "rnn", "lstm", "gru", "transformer"]
 
 
 def run(experiment: str, seed: int) -> tuple[float, float]:

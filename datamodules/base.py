@@ -135,20 +135,26 @@ class ImageDataModule(L.LightningDataModule):
         labeled, unlabeled = stratified_split(labels, self.label_fraction, self.seed)
         fit = per_sample_transform(self.augment, self.mean, self.std, train=True)
         evaluate = per_sample_transform(self.augment, self.mean, self.std, train=False)
-        self.train_dataset = self._wrap(subset(train, labeled), fit)
+        self.train_dataset = self._wrap(subset(train, labeled), fit, random=self.augment is not None)
+        # The same labelled images without augmentation: a reference set, e.g. for k-NN monitors.
+        self.bank_dataset = self._wrap(subset(train, labeled), evaluate, random=False)
         # The images whose labels label_fraction set aside, for semi-supervised recipes.
         self.unlabeled_dataset = Transformed(subset(train, unlabeled), fit, self._view, labeled=False)
-        self.val_dataset = self._wrap(val, evaluate)
-        self.test_dataset = self._wrap(test, evaluate)
+        self.val_dataset = self._wrap(val, evaluate, random=False)
+        self.test_dataset = self._wrap(test, evaluate, random=False)
 
     @property
     def _view(self) -> Callable | None:
         # On the device path the loader yields raw images; the view is taken after the batch augmentation.
         return None if self.on_device else self.reshape
 
-    def _wrap(self, dataset: Dataset, transform: Callable) -> Dataset:
-        if self.on_device and isinstance(dataset, TensorImages):
-            return dataset  # batches are sliced straight from the tensor
+    def _wrap(self, dataset: Dataset, transform: Callable, random: bool) -> Dataset:
+        if isinstance(dataset, TensorImages):
+            if self.on_device:
+                return dataset  # batches are sliced straight from the tensor, augmented on the device
+            if not random:
+                # A fixed transform is applied to the whole tensor once; batches are then slices of it.
+                return TensorImages(apply(self._view, transform(dataset.images)), dataset.labels)
         return Transformed(dataset, transform, self._view)
 
     @property
@@ -182,6 +188,9 @@ class ImageDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, shuffle=True)
+
+    def bank_dataloader(self) -> DataLoader:
+        return self._loader(self.bank_dataset, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, shuffle=False)

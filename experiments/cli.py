@@ -126,7 +126,9 @@ class LitlabCLI(LightningCLI):
         # a CSV logger always runs beside it, first, so the run directory is local.
         logger = self._get(self.config_init, "trainer", default={}).get("logger")
         if isinstance(logger, WandbLogger):
-            kwargs.setdefault("logger", [CSVLogger(save_dir=logger.save_dir or ".", name=logger.name), logger])
+            # Local runs are filed under the W&B run name when there is one: runs/<name>/version_N.
+            name = self._get(self.config, "trainer").logger.init_args.get("name") or logger.name
+            kwargs.setdefault("logger", [CSVLogger(save_dir=logger.save_dir or ".", name=name), logger])
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:

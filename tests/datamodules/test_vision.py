@@ -23,7 +23,8 @@ def test_mnist_idx_files_are_read(datasets_on_disk, tmp_path, name, folder):
     x, y = next(iter(dm.test_dataloader()))
     assert x.shape == (100, 1, 28, 28) and x.dtype == torch.float32
     # Each test image still has its class's square: images and labels were read in step.
-    images, labels = dm.test_dataset.dataset.images, dm.test_dataset.dataset.labels
+    _, _, _, raw = dm.load()
+    images, labels = raw.images, raw.labels
     assert torch.equal(y, labels)
     for image, label in zip(images, labels):
         assert (image == datasets_on_disk.square_value(int(label))).sum() >= 49
@@ -38,7 +39,8 @@ def test_cifar_pickle_batches_are_read_in_channel_order(datasets_on_disk, tmp_pa
     assert (dm.num_classes, dm.input_shape) == (classes, (3, 32, 32))
     train_files = len(CIFAR10.train_list) if classes == 10 else 1
     assert len(dm.train_dataset) + len(dm.val_dataset) == train_files * per_batch and len(dm.test_dataset) == 100
-    images, labels = dm.test_dataset.dataset.images, dm.test_dataset.dataset.labels
+    _, _, _, raw = dm.load()
+    images, labels = raw.images, raw.labels
     assert images.shape == (100, 3, 32, 32) and images.dtype == torch.uint8
     # The class square shows in every channel at full size: rows were split into R, G, B planes correctly.
     for image, label in zip(images, labels):
@@ -50,8 +52,8 @@ def test_cifar_pickle_batches_are_read_in_channel_order(datasets_on_disk, tmp_pa
 def test_validation_split_is_seeded_and_stratified(datasets_on_disk, tmp_path):
     datasets_on_disk.cifar(tmp_path)
     a, b = loaded(root=str(tmp_path), seed=3), loaded(root=str(tmp_path), seed=3)
-    assert torch.equal(a.val_dataset.dataset.images, b.val_dataset.dataset.images)
-    counts = torch.bincount(a.val_dataset.dataset.labels, minlength=10)
+    assert torch.equal(a.val_dataset.images, b.val_dataset.images)
+    counts = torch.bincount(a.val_dataset.labels, minlength=10)
     assert counts.min() == counts.max() == 2  # 20 validation images, 2 per class
     few = loaded(root=str(tmp_path), label_fraction=0.2)
     assert len(few.train_dataset) == 36 and len(few.unlabeled_dataset) == 144

@@ -26,7 +26,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory, litlab):
 
 def test_fit_tests_the_best_checkpoint_and_says_where_everything_went(fitted):
     cwd, result = fitted
-    (run,) = (cwd / "runs" / "litlab").iterdir()
+    (run,) = (cwd / "runs" / "digits-mlp").iterdir()
     (best,) = (run / "checkpoints").glob("epoch*.ckpt")
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert f"best checkpoint: {best.relative_to(cwd)}" in result.stdout
@@ -53,7 +53,7 @@ def test_without_credentials_the_run_is_logged_offline_with_history_and_config(f
 
 def test_test_and_predict_from_the_checkpoint(fitted, litlab):
     cwd, fit = fitted
-    (best,) = (cwd / "runs" / "litlab").glob("version_0/checkpoints/epoch*.ckpt")
+    (best,) = (cwd / "runs" / "digits-mlp").glob("version_0/checkpoints/epoch*.ckpt")
     accuracy = float(fit.stdout.split("test/acc = ")[1].split()[0])
 
     tested = litlab("test", "--config", MLP, "--ckpt_path", str(best), "--trainer.enable_progress_bar=false")
@@ -62,7 +62,7 @@ def test_test_and_predict_from_the_checkpoint(fitted, litlab):
 
     predicted = litlab("predict", "--config", MLP, "--ckpt_path", str(best), "--trainer.enable_progress_bar=false")
     assert predicted.returncode == 0, predicted.stderr[-3000:]
-    (out,) = Path("runs").glob("litlab/version_*/predictions.csv")
+    (out,) = Path("runs").glob("digits-mlp/version_*/predictions.csv")
     rows = list(csv.DictReader(out.open()))
     assert [int(r["index"]) for r in rows] == list(range(360))
     probs = [sum(float(r[f"prob_{c}"]) for c in range(10)) for r in rows]

@@ -21,7 +21,7 @@ def test_ddp_fit_on_two_cpu_processes_makes_one_run(litlab, wandb_run, tmp_path)
     # Rank zero alone speaks and writes: one summary, one CSV run, one W&B run.
     assert result.stdout.count("test/acc = ") == 1
     assert float(result.stdout.split("test/acc = ")[1].split()[0]) > 0.85
-    assert len(list((tmp_path / "runs" / "litlab").iterdir())) == 1
+    assert len(list((tmp_path / "runs" / "digits-mlp").iterdir())) == 1
     (run_dir,) = (tmp_path / "runs" / "wandb").glob("offline-run-*")
     history = wandb_run(run_dir)["history"]
     assert len([row for row in history if "val/acc" in row]) == 2
