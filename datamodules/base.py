@@ -7,6 +7,7 @@ loader or per batch on the model's device (`augment.on_device`).
 """
 
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 
 import lightning as L
 import torch
@@ -120,6 +121,11 @@ class ImageDataModule(L.LightningDataModule):
     @property
     def input_shape(self) -> tuple[int, ...]:
         raise NotImplementedError
+
+    def record_augment(self) -> None:
+        """Keep the recipe in the hyperparameters as a plain dict: checkpoints then hold no
+        pickled class, so they load with weights_only=True."""
+        self.hparams["augment"] = None if self.augment is None else asdict(self.augment)
 
     def load(self) -> tuple[Dataset, torch.Tensor, Dataset | None, Dataset]:
         """Raw (train, train labels, val or None to carve it from train, test)."""

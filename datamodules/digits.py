@@ -43,7 +43,8 @@ class DigitsDataModule(ImageDataModule):
             raise ValueError(
                 f"val_fraction + test_fraction must leave data to train on; got {val_fraction} + {test_fraction}."
             )
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["augment"])
+        self.record_augment()
         self.test_fraction = test_fraction
         self.normalize = normalize
         self.sequence = view == "sequence"

@@ -78,7 +78,8 @@ class FolderDataModule(ImageDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(augment, val_fraction, label_fraction, batch_size, num_workers, seed)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["augment"])
+        self.record_augment()
         if not os.path.isdir(root):
             raise FileNotFoundError(f"Image folder {root} does not exist; set data.root to a folder of class subfolders.")
         self.root = root

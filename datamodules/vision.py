@@ -70,7 +70,8 @@ class VisionDataModule(ImageDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(augment, val_fraction, label_fraction, batch_size, num_workers, seed)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["augment"])
+        self.record_augment()
         self.dataset = dataset
         self.root = root
         self.download = download

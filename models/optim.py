@@ -14,20 +14,33 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, OneCycleLR, Se
 Schedule = Literal["constant", "cosine", "onecycle"]
 
 
-def parameter_groups(module: nn.Module) -> list[dict]:
-    """Weight decay for matrices and kernels only: biases and norm scales are left alone."""
-    params = [p for p in module.parameters() if p.requires_grad]
+def parameter_groups(module: nn.Module, lr_scale: dict[str, float] | None = None) -> list[dict]:
+    """Trainable parameters in groups: weight decay for matrices and kernels only (biases and
+    norm scales are left alone), and a learning-rate multiplier `lr_scale[name]` for the
+    parameters of each named submodule (say, a pretrained backbone)."""
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            scale = next((s for prefix, s in (lr_scale or {}).items() if name.startswith(f"{prefix}.")), 1.0)
+            groups.setdefault((scale, p.ndim >= 2), []).append(p)
     return [
-        {"params": [p for p in params if p.ndim >= 2]},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        {"params": params, "lr_scale": scale, **({} if decay else {"weight_decay": 0.0})}
+        for (scale, decay), params in groups.items()
     ]
 
 
 def configure_optimization(
-    module: nn.Module, optimizer: OptimizerCallable, schedule: Schedule, total_steps: int, warmup_fraction: float = 0.0
+    module: nn.Module,
+    optimizer: OptimizerCallable,
+    schedule: Schedule,
+    total_steps: int,
+    warmup_fraction: float = 0.0,
+    lr_scale: dict[str, float] | None = None,
 ):
     """What `configure_optimizers` returns: the optimizer, and a per-step schedule over `total_steps`."""
-    opt = optimizer(parameter_groups(module))
+    opt = optimizer(parameter_groups(module, lr_scale))
+    for group in opt.param_groups:
+        group["lr"] *= group["lr_scale"]
     if schedule == "constant":
         return opt
     if schedule == "onecycle":

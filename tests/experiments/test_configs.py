@@ -40,9 +40,17 @@ def test_experiment_holds_only_what_differs_from_the_defaults(path):
     assert "num_classes" not in path.read_text(), "the number of classes is linked from the data, never typed"
 
 
-def local_data(path, tmp_path, datasets_on_disk) -> list[str]:
-    """Flags that point an experiment's data at a small copy written in the real format."""
-    data = yaml.safe_load(path.read_text()).get("data", {})
+def local_inputs(path, tmp_path, datasets_on_disk) -> list[str]:
+    """Flags that point an experiment's data at a small copy written in the real format, and a
+    fine-tuning recipe at no pretrained file (the loading itself is tested in tests/models)."""
+    config = yaml.safe_load(path.read_text())
+    if config.get("model", {}).get("class_path") == "models.FineTune":
+        return ["--model.init_args.checkpoint=null", *local_data(config, tmp_path, datasets_on_disk)]
+    return local_data(config, tmp_path, datasets_on_disk)
+
+
+def local_data(config: dict, tmp_path, datasets_on_disk) -> list[str]:
+    data = config.get("data", {})
     init = data.get("init_args", {})
     if data.get("class_path") == "datamodules.VisionDataModule":
         name = init["dataset"]
@@ -59,7 +67,7 @@ def local_data(path, tmp_path, datasets_on_disk) -> list[str]:
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_experiment_instantiates_and_trains_one_step(path, tmp_path, datasets_on_disk):
-    args = ["fit", "--config", str(path), *local_data(path, tmp_path, datasets_on_disk)]
+    args = ["fit", "--config", str(path), *local_inputs(path, tmp_path, datasets_on_disk)]
     cli = LitlabCLI(args=[*args, "--trainer.fast_dev_run=1", "--trainer.enable_progress_bar=false"])
     assert cli.trainer.state.finished
     assert cli.trainer.global_step == 1

@@ -31,6 +31,16 @@ def test_weight_decay_applies_to_matrices_only():
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
 
 
+def test_a_submodule_can_learn_at_a_scaled_rate():
+    net = model()  # submodules "0", "1", "2"
+    config = configure_optimization(net, partial(torch.optim.AdamW, lr=0.1), "cosine", 10, lr_scale={"0": 0.1})
+    rates = {id(p): g["lr"] for g in config["optimizer"].param_groups for p in g["params"]}
+    assert rates[id(net[0].weight)] == pytest.approx(0.01) and rates[id(net[0].bias)] == pytest.approx(0.01)
+    assert rates[id(net[2].weight)] == pytest.approx(0.1)
+    scheduler = config["lr_scheduler"]["scheduler"]
+    assert sorted(scheduler.base_lrs) == pytest.approx([0.01, 0.01, 0.1, 0.1])
+
+
 def test_frozen_parameters_are_not_optimised():
     net = model()
     net[0].requires_grad_(False)

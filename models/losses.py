@@ -1,0 +1,38 @@
+"""Loss functions as pure functions of tensors: no modules, no state, testable by hand."""
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+Gather = Callable[[torch.Tensor], torch.Tensor]
+
+
+def nt_xent(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather: Gather | None = None, rank: int = 0
+) -> torch.Tensor:
+    """SimCLR's normalised-temperature cross entropy (Chen et al., 2020).
+
+    z1, z2: (B, D) projections of two views of the same B images on this process. Each of
+    the 2B embeddings must pick its partner view among every other embedding of the global
+    batch. `gather` maps a local (B, D) tensor to the (W * B, D) concatenation over all W
+    processes in rank order, keeping gradients; this process's rows sit at rank * B.
+    Returns the mean over this process's 2B rows; DDP's gradient averaging then gives the
+    loss of the whole global batch.
+    """
+    z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    b = len(z1)
+    local = torch.cat([z1, z2])  # (2B, D)
+    if gather is None:
+        everyone, world = local, 1
+    else:
+        everyone = torch.cat([gather(z1), gather(z2)])  # (2WB, D): all first views, then all second views
+        world = len(everyone) // (2 * b)
+    logits = local @ everyone.T / temperature  # (2B, 2WB)
+    index = torch.arange(b, device=z1.device) + rank * b
+    own = torch.cat([index, index + world * b])  # each row's own column
+    partner = torch.cat([index + world * b, index])  # the other view of the same image
+    self_pair = torch.zeros_like(logits, dtype=torch.bool)
+    self_pair[torch.arange(2 * b, device=z1.device), own] = True
+    logits = logits.masked_fill(self_pair, float("-inf"))  # an embedding never counts as its own partner
+    return F.cross_entropy(logits, partner)
