@@ -141,9 +141,8 @@ class ImageDataModule(L.LightningDataModule):
         labeled, unlabeled = stratified_split(labels, self.label_fraction, self.seed)
         fit = per_sample_transform(self.augment, self.mean, self.std, train=True)
         evaluate = per_sample_transform(self.augment, self.mean, self.std, train=False)
-        self.train_dataset = self._wrap(subset(train, labeled), fit, random=self.augment is not None)
-        # The same labelled images without augmentation: a reference set, e.g. for k-NN monitors.
-        self.bank_dataset = self._wrap(subset(train, labeled), evaluate, random=False)
+        self._labeled, self._evaluate = subset(train, labeled), evaluate
+        self.train_dataset = self._wrap(self._labeled, fit, random=self.augment is not None)
         # The images whose labels label_fraction set aside, for semi-supervised recipes.
         self.unlabeled_dataset = Transformed(subset(train, unlabeled), fit, self._view, labeled=False)
         self.val_dataset = self._wrap(val, evaluate, random=False)
@@ -196,6 +195,10 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self.train_dataset, shuffle=True)
 
     def bank_dataloader(self) -> DataLoader:
+        """The labelled training images without augmentation: a reference set, e.g. for k-NN monitors.
+        Built on first use, since most tasks never ask for it."""
+        if not hasattr(self, "bank_dataset"):
+            self.bank_dataset = self._wrap(self._labeled, self._evaluate, random=False)
         return self._loader(self.bank_dataset, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
