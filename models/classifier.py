@@ -109,6 +109,10 @@ class Classifier(L.LightningModule):
             out["target"] = batch[1]
         return out
 
+    def lr_scale(self) -> dict[str, float] | None:
+        """Learning-rate multipliers by submodule name; a subclass with a pretrained part sets them."""
+        return None
+
     def configure_optimizers(self):
         steps = int(self.trainer.estimated_stepping_batches)
-        return configure_optimization(self, self.optimizer, self.schedule, steps, self.warmup_fraction)
+        return configure_optimization(self, self.optimizer, self.schedule, steps, self.warmup_fraction, self.lr_scale())

@@ -5,13 +5,12 @@ from typing import Literal
 import torch
 from lightning.pytorch.callbacks import BackboneFinetuning
 from lightning.pytorch.cli import OptimizerCallable
-from torch import nn
-
 from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 
 from models.checkpoints import load_backbone, resolve_checkpoint
 from models.classifier import Classifier, Loss
-from models.optim import Schedule, configure_optimization
+from models.optim import Schedule
 
 Mode = Literal["linear", "full", "gradual"]
 
@@ -82,7 +81,6 @@ class FineTune(Classifier):
             )
         ]
 
-    def configure_optimizers(self):
-        steps = int(self.trainer.estimated_stepping_batches)
-        scale = {"backbone": self.backbone_lr_scale} if self.mode == "full" else None
-        return configure_optimization(self, self.optimizer, self.schedule, steps, self.warmup_fraction, scale)
+    def lr_scale(self) -> dict[str, float] | None:
+        # In gradual mode BackboneFinetuning applies the scale when it adds the backbone.
+        return {"backbone": self.backbone_lr_scale} if self.mode == "full" else None
