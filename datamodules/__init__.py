@@ -1,8 +1,22 @@
-"""DataModules: where the data lives, how it is split and transformed, and its shape."""
+"""DataModules: where the data lives, how it is split and transformed, and what it gives a task."""
 
+from datamodules.base import DataModule, Splits, TensorSamples
+from datamodules.contract import IGNORE_INDEX, Batch
 from datamodules.digits import DigitsDataModule
 from datamodules.folder import FolderDataModule
+from datamodules.images import ImageDataModule
 from datamodules.transforms import Augmentation
 from datamodules.vision import VisionDataModule
 
-__all__ = ["Augmentation", "DigitsDataModule", "FolderDataModule", "VisionDataModule"]
+__all__ = [
+    "IGNORE_INDEX",
+    "Augmentation",
+    "Batch",
+    "DataModule",
+    "DigitsDataModule",
+    "FolderDataModule",
+    "ImageDataModule",
+    "Splits",
+    "TensorSamples",
+    "VisionDataModule",
+]

@@ -1,208 +1,261 @@
-"""What every image DataModule shares: seeded splits, label fractions, augmentation on either path.
+"""What every DataModule shares, whatever the modality: seeded splits, label fractions,
+batch sizes across devices, and loaders that serve named-field batches.
 
-A subclass loads raw images, (C, H, W) uint8 or float in [0, 1], as datasets of
-(image, label) pairs; this base carves the validation split, keeps `label_fraction` of
-the training labels, and applies the augmentation recipe, either per sample in the
-loader or per batch on the model's device (`augment.on_device`).
+A subclass implements `load()`, returning its raw `Splits` as datasets of samples (dicts
+with the fields of `datamodules.contract.Batch`), and may override `transform()` to turn
+raw samples into what a model reads. This base carves the validation split when the data
+has none, keeps `label_fraction` of the training labels (seeded, stratified where there
+are labels), and either drops the rest or keeps them with their target hidden.
 """
 
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from datamodules.transforms import Augmentation, BatchAugment, per_sample_transform
+from datamodules.contract import IGNORE_INDEX, Batch
+from models.errors import ConfigError
+
+Unlabelled = Literal["drop", "keep"]
+BatchScope = Literal["device", "global"]
 
 
-def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded, class-balanced split of positions 0..N-1: (`fraction` of them, the rest)."""
-    index = torch.arange(len(labels))
+def split_index(
+    n: int, fraction: float, seed: int, labels: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded split of positions 0..n-1 into (`fraction` of them, the rest), both sorted.
+
+    With `labels` the split is stratified and keeps at least one sample of every class.
+    """
+    index = torch.arange(n)
     if fraction >= 1.0:
         return index, index[:0]
-    keep = max(round(fraction * len(labels)), int(labels.max()) + 1)  # at least one per class
+    if labels is None:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        keep = max(round(fraction * n), 1)
+        return order[:keep].sort().values, order[keep:].sort().values
+    keep = max(round(fraction * n), int(labels.max()) + 1)
     kept, rest = train_test_split(index.numpy(), train_size=keep, stratify=labels.numpy(), random_state=seed)
     return torch.as_tensor(sorted(kept)), torch.as_tensor(sorted(rest))
 
 
-class TensorImages(Dataset):
-    """Images held as one tensor (N, C, H, W) with labels (N,).
+class TensorSamples(Dataset):
+    """Samples held as tensors of equal length, one per field: {"input": (N, ...), "target": (N,)}.
 
-    `__getitems__` slices a whole batch at once, which the loader uses with `whole_batch`
-    as collate function: no per-sample indexing or stacking on the on-device path.
+    `__getitems__` slices a whole batch at once; with `whole_batch` as the collate function
+    the loader then does no per-sample indexing or stacking.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images, self.labels = images, labels
+    def __init__(self, **fields: torch.Tensor) -> None:
+        lengths = {len(t) for t in fields.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"every field needs the same length; got {({k: len(t) for k, t in fields.items()})}.")
+        self.fields = fields
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(next(iter(self.fields.values())))
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[i], self.labels[i]
+    def __getitem__(self, i: int) -> Batch:
+        return {name: t[i] for name, t in self.fields.items()}
 
-    def __getitems__(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, index: list[int]) -> Batch:
         index = torch.as_tensor(index)
-        return self.images[index], self.labels[index]
+        return {name: t[index] for name, t in self.fields.items()}
 
 
-def whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def whole_batch(batch: Batch) -> Batch:
     return batch
 
 
 def subset(dataset: Dataset, index: torch.Tensor) -> Dataset:
-    if isinstance(dataset, TensorImages):
-        return TensorImages(dataset.images[index], dataset.labels[index])
+    if isinstance(dataset, TensorSamples):
+        return TensorSamples(**{name: t[index] for name, t in dataset.fields.items()})
     return Subset(dataset, index.tolist())
 
 
-def rows_as_sequence(x: torch.Tensor) -> torch.Tensor:
-    """An image, or a batch of them, read row by row: (..., C, H, W) -> (..., C * H, W)."""
-    return x.flatten(-3, -2)
+class HiddenTargets(Dataset):
+    """`dataset` with the target of the samples at `hidden` positions replaced by IGNORE_INDEX."""
 
-
-def apply(fn: Callable | None, x):
-    """`fn` on a tensor, or on each view of a tuple of them."""
-    if fn is None:
-        return x
-    return tuple(fn(v) for v in x) if isinstance(x, tuple) else fn(x)
-
-
-class Transformed(Dataset):
-    """(image, label) pairs with `transform`, then `view`, applied to the image; `labeled=False` drops the label."""
-
-    def __init__(self, dataset: Dataset, transform: Callable, view: Callable | None, labeled: bool = True) -> None:
-        self.dataset, self.transform, self.view, self.labeled = dataset, transform, view, labeled
+    def __init__(self, dataset: Dataset, hidden: torch.Tensor) -> None:
+        self.dataset, self.hidden = dataset, set(hidden.tolist())
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int):
-        image, label = self.dataset[i]
-        image = apply(self.view, self.transform(image))
-        return (image, label) if self.labeled else (image,)
+    def __getitem__(self, i: int) -> Batch:
+        sample = self.dataset[i]
+        return {**sample, "target": torch.tensor(IGNORE_INDEX)} if i in self.hidden else sample
 
 
-class ImageDataModule(L.LightningDataModule):
-    """Subclasses set `num_classes`, `input_shape`, and implement `load()`, which also sets `mean` and `std`.
+def hide_targets(dataset: Dataset, hidden: torch.Tensor) -> Dataset:
+    if isinstance(dataset, TensorSamples):
+        target = dataset.fields["target"].clone()
+        target[hidden] = IGNORE_INDEX
+        return TensorSamples(**{**dataset.fields, "target": target})
+    return HiddenTargets(dataset, hidden)
 
-    `reshape` (None for images) turns images into what the model sees, per sample or per batch alike.
+
+@dataclass
+class Splits:
+    """What `load()` returns: raw datasets of samples, and the training labels where there are
+    any (they stratify the splits). With `val` None a validation split is carved from `train`."""
+
+    train: Dataset
+    test: Dataset
+    val: Dataset | None = None
+    labels: torch.Tensor | None = None
+
+
+class DataModule(L.LightningDataModule):
+    """The base of litlab's DataModules; implements the data contract (`datamodules/contract.py`).
+
+    label_fraction: the share of training samples whose label is used (seeded, stratified).
+    unlabelled: what happens to the others: `drop` leaves them out of training; `keep` trains on
+        them with their target set to IGNORE_INDEX (for tasks that learn without labels, such as
+        distillation); they are always in `unlabelled_dataset`.
+    batch_size: per device by default; with `batch_scope: global` it is the batch of all devices
+        together, divided by the number of processes (it must divide evenly).
     """
 
-    num_classes: int
-    mean: Sequence[float]
-    std: Sequence[float]
-    reshape: Callable[[torch.Tensor], torch.Tensor] | None = None
+    num_classes: int | None = None
+    vocab_size: int | None = None
 
     def __init__(
         self,
-        augment: Augmentation | None = None,
         val_fraction: float = 0.1,
         label_fraction: float = 1.0,
+        unlabelled: Unlabelled = "drop",
         batch_size: int = 64,
+        batch_scope: BatchScope = "device",
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be between 0 and 1 (exclusive); got {val_fraction}.")
+            raise ConfigError(f"val_fraction must be between 0 and 1 (exclusive); got {val_fraction}.")
         if not 0.0 < label_fraction <= 1.0:
-            raise ValueError(f"label_fraction must be in (0, 1]; got {label_fraction}.")
-        self.augment = augment
+            raise ConfigError(f"label_fraction must be in (0, 1]; got {label_fraction}.")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1; got {batch_size}.")
+        if unlabelled not in ("drop", "keep"):
+            raise ConfigError(f"unlabelled must be 'drop' or 'keep'; got {unlabelled!r}.")
+        if batch_scope not in ("device", "global"):
+            raise ConfigError(f"batch_scope must be 'device' or 'global'; got {batch_scope!r}.")
+        if num_workers < 0:
+            raise ConfigError(f"num_workers must be 0 (load in the main process) or more; got {num_workers}.")
         self.val_fraction = val_fraction
         self.label_fraction = label_fraction
+        self.unlabelled = unlabelled
         self.batch_size = batch_size
+        self.batch_scope = batch_scope
         self.num_workers = num_workers
         self.seed = seed
-        self._generator: torch.Generator | None = None
+        self._with_reference = False
+
+    # ---- the contract ----
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
-        raise NotImplementedError
+    def example_input(self) -> torch.Tensor:
+        """Two samples of model input, for the dry run that sizes lazy layers."""
+        raise NotImplementedError(f"{type(self).__name__} must define example_input.")
 
-    def record_augment(self) -> None:
-        """Keep the recipe in the hyperparameters as a plain dict: checkpoints then hold no
-        pickled class, so they load with weights_only=True."""
-        self.hparams["augment"] = None if self.augment is None else asdict(self.augment)
+    # ---- what a subclass provides ----
 
-    def load(self) -> tuple[Dataset, torch.Tensor, Dataset | None, Dataset]:
-        """Raw (train, train labels, val or None to carve it from train, test)."""
-        raise NotImplementedError
+    def load(self) -> Splits:
+        raise NotImplementedError(f"{type(self).__name__} must define load().")
+
+    def transform(self, dataset: Dataset, train: bool) -> Dataset:
+        """Raw samples -> model-ready samples; `train` selects training-time augmentation."""
+        return dataset
+
+    # ---- splits ----
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "fit":
+            self._report_batch_size()
         if hasattr(self, "train_dataset"):
             return
-        train, labels, val, test = self.load()
+        splits = self.load()
+        train, labels, val = splits.train, splits.labels, splits.val
         if val is None:
-            index, val_index = stratified_split(labels, 1.0 - self.val_fraction, self.seed)
-            train, labels, val = subset(train, index), labels[index], subset(train, val_index)
-        labeled, unlabeled = stratified_split(labels, self.label_fraction, self.seed)
-        fit = per_sample_transform(self.augment, self.mean, self.std, train=True)
-        evaluate = per_sample_transform(self.augment, self.mean, self.std, train=False)
-        self._labeled, self._evaluate = subset(train, labeled), evaluate
-        self.train_dataset = self._wrap(self._labeled, fit, random=self.augment is not None)
-        # The images whose labels label_fraction set aside, for semi-supervised recipes.
-        self.unlabeled_dataset = Transformed(subset(train, unlabeled), fit, self._view, labeled=False)
-        self.val_dataset = self._wrap(val, evaluate, random=False)
-        self.test_dataset = self._wrap(test, evaluate, random=False)
+            index, val_index = split_index(len(train), 1.0 - self.val_fraction, self.seed, labels)
+            train, val = subset(train, index), subset(train, val_index)
+            labels = None if labels is None else labels[index]
+        if labels is None and self.label_fraction < 1.0:
+            raise ConfigError(f"label_fraction applies to labelled data; {type(self).__name__} has no labels, so leave it at 1.")
+        labelled, unlabelled = split_index(len(train), self.label_fraction, self.seed, labels)
+        self.labelled_dataset = subset(train, labelled)  # raw labelled samples, e.g. for a reference set
+        # The samples whose labels label_fraction set aside, for semi-supervised recipes.
+        aside = subset(train, unlabelled)
+        self.unlabelled_dataset = self.transform(aside if labels is None else hide_targets(aside, torch.arange(len(unlabelled))), True)
+        fit = self.labelled_dataset if self.unlabelled == "drop" or not len(unlabelled) else hide_targets(train, unlabelled)
+        self.train_dataset = self.transform(fit, train=True)
+        self.val_dataset = self.transform(val, train=False)
+        self.test_dataset = self.transform(splits.test, train=False)
+
+    # ---- batch size across devices ----
 
     @property
-    def _view(self) -> Callable | None:
-        # On the device path the loader yields raw images; the view is taken after the batch augmentation.
-        return None if self.on_device else self.reshape
-
-    def _wrap(self, dataset: Dataset, transform: Callable, random: bool) -> Dataset:
-        if isinstance(dataset, TensorImages):
-            if self.on_device:
-                return dataset  # batches are sliced straight from the tensor, augmented on the device
-            if not random:
-                # A fixed transform is applied to the whole tensor once; batches are then slices of it.
-                return TensorImages(apply(self._view, transform(dataset.images)), dataset.labels)
-        return Transformed(dataset, transform, self._view)
+    def world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
 
     @property
-    def on_device(self) -> bool:
-        return self.augment is not None and self.augment.on_device
+    def device_batch_size(self) -> int:
+        if self.batch_scope == "device":
+            return self.batch_size
+        if self.batch_size % self.world_size:
+            raise ConfigError(
+                f"A global batch_size of {self.batch_size} does not divide among {self.world_size} processes; "
+                f"choose a multiple of {self.world_size}, or batch_scope: device."
+            )
+        return self.batch_size // self.world_size
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if not self.on_device:
-            return batch
-        x, *rest = batch
-        if not hasattr(self, "batch_augment"):
-            self.batch_augment = BatchAugment(self.augment, self.mean, self.std)
-        if self._generator is None or self._generator.device != x.device:
-            # Seeded per rank: repeatable runs, and every rank augments differently.
-            rank = self.trainer.global_rank if self.trainer is not None else 0
-            self._generator = torch.Generator(device=x.device).manual_seed(self.seed + rank)
-        training = self.trainer is not None and self.trainer.training
-        out = self.batch_augment.to(x.device)(x, train=training, generator=self._generator)
-        return (apply(self.reshape, out), *rest)
+    def _report_batch_size(self) -> None:
+        # Contrastive negatives and the right learning rate depend on the global batch, not the per-device one.
+        accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+        total = self.device_batch_size * self.world_size * accumulate
+        rank_zero_info(
+            f"Global batch size {total} = {self.device_batch_size} per device x {self.world_size} "
+            f"process(es) x {accumulate} accumulated batch(es)."
+        )
+        if self.trainer is not None:
+            for logger in self.trainer.loggers:
+                logger.log_hyperparams({"global_batch_size": total})
+
+    # ---- loaders ----
+
+    def request_reference_set(self) -> None:
+        """Serve the labelled training samples, untransformed for training (no augmentation), as
+        validation dataloader 0 before the validation set (then dataloader 1): a reference set
+        for monitors such as a k-NN vote, sampled, placed and cast by the trainer."""
+        self._with_reference = True
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=self.device_batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            collate_fn=whole_batch if isinstance(dataset, TensorImages) else None,
+            collate_fn=whole_batch if isinstance(dataset, TensorSamples) else None,
         )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, shuffle=True)
 
-    def bank_dataloader(self) -> DataLoader:
-        """The labelled training images without augmentation: a reference set, e.g. for k-NN monitors.
-        Built on first use, since most tasks never ask for it."""
-        if not hasattr(self, "bank_dataset"):
-            self.bank_dataset = self._wrap(self._labeled, self._evaluate, random=False)
-        return self._loader(self.bank_dataset, shuffle=False)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, shuffle=False)
+    def val_dataloader(self) -> DataLoader | Sequence[DataLoader]:
+        val = self._loader(self.val_dataset, shuffle=False)
+        if not self._with_reference:
+            return val
+        if not hasattr(self, "reference_dataset"):  # built on first use: most tasks never ask for it
+            self.reference_dataset = self.transform(self.labelled_dataset, train=False)
+        return [self._loader(self.reference_dataset, shuffle=False), val]
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_dataset, shuffle=False)

@@ -10,8 +10,10 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from datamodules.base import ImageDataModule, TensorImages, rows_as_sequence
+from datamodules.base import BatchScope, Splits, TensorSamples, Unlabelled
+from datamodules.images import ImageDataModule, rows_as_sequence
 from datamodules.transforms import Augmentation
+from models.errors import ConfigError
 
 
 class DigitsDataModule(ImageDataModule):
@@ -31,16 +33,18 @@ class DigitsDataModule(ImageDataModule):
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         label_fraction: float = 1.0,
+        unlabelled: Unlabelled = "drop",
         normalize: bool = True,
         batch_size: int = 64,
+        batch_scope: BatchScope = "device",
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(augment, val_fraction, label_fraction, batch_size, num_workers, seed)
+        super().__init__(augment, val_fraction, label_fraction, unlabelled, batch_size, batch_scope, num_workers, seed)
         if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be between 0 and 1 (exclusive); got {test_fraction}.")
+            raise ConfigError(f"test_fraction must be between 0 and 1 (exclusive); got {test_fraction}.")
         if val_fraction + test_fraction >= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"val_fraction + test_fraction must leave data to train on; got {val_fraction} + {test_fraction}."
             )
         self.save_hyperparameters(ignore=["augment"])
@@ -54,7 +58,7 @@ class DigitsDataModule(ImageDataModule):
     def input_shape(self) -> tuple[int, ...]:
         return (8, 8) if self.sequence else (1, 8, 8)
 
-    def load(self) -> tuple[TensorImages, torch.Tensor, TensorImages, TensorImages]:
+    def load(self) -> Splits:
         digits = load_digits()
         images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
         labels = torch.as_tensor(digits.target, dtype=torch.long)
@@ -68,5 +72,5 @@ class DigitsDataModule(ImageDataModule):
         )
         # Statistics of the training split only, so val and test stay unseen.
         self.mean, self.std = ((images[train].mean().item(),), (images[train].std().item(),)) if self.normalize else ((0.0,), (1.0,))
-        split = {name: TensorImages(images[i], labels[i]) for name, i in (("train", train), ("val", val), ("test", test))}
-        return split["train"], labels[train], split["val"], split["test"]
+        split = {name: TensorSamples(input=images[i], target=labels[i]) for name, i in (("train", train), ("val", val), ("test", test))}
+        return Splits(train=split["train"], val=split["val"], test=split["test"], labels=labels[train])

@@ -19,7 +19,9 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
-from datamodules.base import ImageDataModule, stratified_split, subset
+from datamodules.base import BatchScope, Splits, Unlabelled, split_index, subset
+from datamodules.contract import Batch
+from datamodules.images import ImageDataModule
 from datamodules.transforms import Augmentation
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -55,6 +57,20 @@ class CheckedFiles:
         return True
 
 
+class Samples(torch.utils.data.Dataset):
+    """An ImageFolder's (image, label) pairs as named-field samples."""
+
+    def __init__(self, folder: ImageFolder) -> None:
+        self.folder = folder
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, i: int) -> Batch:
+        image, label = self.folder[i]
+        return {"input": image, "target": torch.tensor(label)}
+
+
 def class_names(folder: str) -> list[str]:
     return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
 
@@ -73,11 +89,13 @@ class FolderDataModule(ImageDataModule):
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         label_fraction: float = 1.0,
+        unlabelled: Unlabelled = "drop",
         batch_size: int = 64,
+        batch_scope: BatchScope = "device",
         num_workers: int = 2,
         seed: int = 0,
     ) -> None:
-        super().__init__(augment, val_fraction, label_fraction, batch_size, num_workers, seed)
+        super().__init__(augment, val_fraction, label_fraction, unlabelled, batch_size, batch_scope, num_workers, seed)
         self.save_hyperparameters(ignore=["augment"])
         self.record_augment()
         if not os.path.isdir(root):
@@ -108,7 +126,7 @@ class FolderDataModule(ImageDataModule):
             )
         return dataset
 
-    def load(self):
+    def load(self) -> Splits:
         checked = CheckedFiles()
         if self.presplit:
             splits = {
@@ -118,15 +136,17 @@ class FolderDataModule(ImageDataModule):
             }
             if "test" not in splits:
                 raise FileNotFoundError(f"{self.root} has train/ but no test/; add test/<class>/ folders.")
-            train, val, test = splits["train"], splits.get("val"), splits["test"]
-            labels = torch.as_tensor(train.targets)
+            labels = torch.as_tensor(splits["train"].targets)
+            train, test = Samples(splits["train"]), Samples(splits["test"])
+            val = Samples(splits["val"]) if "val" in splits else None
         else:
             everything = self._folder(self.root, checked)
             labels = torch.as_tensor(everything.targets)
-            keep, held_out = stratified_split(labels, 1.0 - self.test_fraction, self.seed)
-            train, labels, val, test = subset(everything, keep), labels[keep], None, subset(everything, held_out)
+            keep, held_out = split_index(len(labels), 1.0 - self.test_fraction, self.seed, labels)
+            train, labels, val = subset(Samples(everything), keep), labels[keep], None
+            test = subset(Samples(everything), held_out)
         if checked.skipped:
             rank_zero_warn(f"Skipped {len(checked.skipped)} file(s) under {self.root}: " + "; ".join(checked.skipped))
         if len(labels) == 0:
             raise FileNotFoundError(f"No readable images under {self.root}.")
-        return train, labels, val, test
+        return Splits(train=train, val=val, test=test, labels=labels)

@@ -17,6 +17,8 @@ from torch import nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from models.errors import ConfigError
+
 # RandomResizedCrop's default aspect-ratio range; the batched path draws from the same one.
 ASPECT_RATIO = (3 / 4, 4 / 3)
 
@@ -45,21 +47,21 @@ class Augmentation:
 
     def __post_init__(self) -> None:
         if self.views < 1:
-            raise ValueError(f"augment.views must be at least 1 (1 = a single view); got {self.views}.")
+            raise ConfigError(f"augment.views must be at least 1 (1 = a single view); got {self.views}.")
         if not 0.0 <= self.rotation <= 180.0:
-            raise ValueError(f"augment.rotation must be between 0 and 180 degrees; got {self.rotation}.")
+            raise ConfigError(f"augment.rotation must be between 0 and 180 degrees; got {self.rotation}.")
         if self.crop_padding < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"augment.crop_padding must be 0 (off) or a positive pixel count; got {self.crop_padding}."
             )
         if not 0.0 <= self.color_jitter <= 1.0:
-            raise ValueError(f"augment.color_jitter must be between 0 (off) and 1; got {self.color_jitter}.")
+            raise ConfigError(f"augment.color_jitter must be between 0 (off) and 1; got {self.color_jitter}.")
         if self.resized_crop_scale is not None:
             # jsonargparse may hand over a list; a tuple keeps the recipe hashable and printable.
             self.resized_crop_scale = tuple(self.resized_crop_scale)
             bounds = self.resized_crop_scale
             if len(bounds) != 2 or not 0.0 < bounds[0] <= bounds[1] <= 1.0:
-                raise ValueError(
+                raise ConfigError(
                     "augment.resized_crop_scale must be two area fractions [low, high] with "
                     f"0 < low <= high <= 1, or null to turn it off; got {list(bounds)}."
                 )
@@ -67,11 +69,11 @@ class Augmentation:
 
 def _check_stats(mean: Sequence[float], std: Sequence[float]) -> None:
     if len(mean) != len(std) or len(mean) == 0:
-        raise ValueError(
+        raise ConfigError(
             f"mean and std need one value per channel (or one for all); got {list(mean)} and {list(std)}."
         )
     if min(std) <= 0:
-        raise ValueError(f"std must be positive for every channel; got {list(std)}.")
+        raise ConfigError(f"std must be positive for every channel; got {list(std)}.")
 
 
 class _PerSampleAugment:

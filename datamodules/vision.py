@@ -12,7 +12,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torchvision import datasets
 
-from datamodules.base import ImageDataModule, TensorImages
+from datamodules.base import BatchScope, Splits, TensorSamples, Unlabelled
+from datamodules.images import ImageDataModule
 from datamodules.transforms import Augmentation
 
 Name = Literal["mnist", "fashion_mnist", "cifar10", "cifar100"]
@@ -65,11 +66,13 @@ class VisionDataModule(ImageDataModule):
         augment: Augmentation | None = None,
         val_fraction: float = 0.1,
         label_fraction: float = 1.0,
+        unlabelled: Unlabelled = "drop",
         batch_size: int = 128,
+        batch_scope: BatchScope = "device",
         num_workers: int = 2,
         seed: int = 0,
     ) -> None:
-        super().__init__(augment, val_fraction, label_fraction, batch_size, num_workers, seed)
+        super().__init__(augment, val_fraction, label_fraction, unlabelled, batch_size, batch_scope, num_workers, seed)
         self.save_hyperparameters(ignore=["augment"])
         self.record_augment()
         self.dataset = dataset
@@ -102,15 +105,15 @@ class VisionDataModule(ImageDataModule):
                 f"Set download: true to fetch it, or set root to the folder that holds it."
             ) from err
 
-    def _tensors(self, train: bool) -> TensorImages:
+    def _tensors(self, train: bool) -> TensorSamples:
         ds = self._open(train, download=False)
         images = torch.as_tensor(ds.data)
         # MNIST stores (N, H, W), CIFAR (N, H, W, C); both become (N, C, H, W) uint8.
         images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2).contiguous()
-        return TensorImages(images, torch.as_tensor(ds.targets, dtype=torch.long))
+        return TensorSamples(input=images, target=torch.as_tensor(ds.targets, dtype=torch.long))
 
-    def load(self) -> tuple[TensorImages, torch.Tensor, None, TensorImages]:
+    def load(self) -> Splits:
         train, test = self._tensors(train=True), self._tensors(train=False)
-        self.mean, self.std = channel_stats(train.images)
+        self.mean, self.std = channel_stats(train.fields["input"])
         rank_zero_info(f"{self.dataset}: {len(train)} training and {len(test)} test images from {self.root}")
-        return train, train.labels, None, test
+        return Splits(train=train, test=test, labels=train.fields["target"])

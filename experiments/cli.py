@@ -16,12 +16,11 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from datamodules import contract
+from models.errors import ConfigError
+
 DEFAULTS = Path(__file__).with_name("defaults.yaml")
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for: printed as one sentence, no traceback."""
 
 
 def wandb_logged_in() -> bool:
@@ -70,6 +69,15 @@ def summarize_parser_error(message: str) -> str:
     return f"{where}: {detail or 'invalid value'}"
 
 
+def config_error_in(err: BaseException) -> ConfigError | None:
+    """The ConfigError `err` is or was raised from, if any."""
+    while err is not None:
+        if isinstance(err, ConfigError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 class LitlabArgumentParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:  # jsonargparse is trying alternatives; let it.
@@ -105,8 +113,12 @@ class LitlabCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # The data knows how many classes it has; the model is told, never typed twice.
-        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        # The data knows its classes and its vocabulary; the model is told, never typed twice.
+        # A link whose target the chosen model lacks is skipped; a data module outside the
+        # contract gets one clear error from the contract.
+        link = dict(apply_on="instantiate")
+        parser.link_arguments("data", "model.init_args.num_classes", compute_fn=contract.labels_of, **link)
+        parser.link_arguments("data", "model.init_args.backbone.init_args.vocab_size", compute_fn=contract.vocab_of, **link)
 
     def before_instantiate_classes(self) -> None:
         # `--trainer.enable_progress_bar=false` should just work, although defaults.yaml adds a bar.
@@ -115,11 +127,14 @@ class LitlabCLI(LightningCLI):
             trainer.callbacks = [c for c in trainer.callbacks if not c.class_path.endswith("ProgressBar")]
 
     def instantiate_classes(self) -> None:
-        # A constructor that rejects its arguments is a configuration mistake, not a bug.
         try:
             super().instantiate_classes()
-        except (ValueError, TypeError) as err:
-            raise UserError(summarize_parser_error(str(err))) from err
+        except ValueError as err:
+            # jsonargparse wraps what a link's compute_fn raises; a ConfigError inside is still the user's.
+            cause = config_error_in(err)
+            if cause is None:
+                raise
+            raise cause from None
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         # W&B is the one logger a config names (so `--trainer.logger.init_args.name=...` works);
@@ -186,7 +201,7 @@ def main(args: list[str] | None = None) -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     try:
         LitlabCLI(args=args)
-    except (UserError, MisconfigurationException, FileNotFoundError) as err:
+    except (ConfigError, MisconfigurationException, FileNotFoundError) as err:
         print(f"litlab: error: {err}", file=sys.stderr)
         sys.exit(2)
 

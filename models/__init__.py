@@ -1,7 +1,22 @@
-"""Models: plain-PyTorch backbones and the LightningModules (tasks) that train them."""
+"""Models: plain-PyTorch backbones and the LightningModules (tasks) that train them.
 
-from models.classifier import Classifier
-from models.finetune import FineTune
-from models.pretrain import SimCLR
+The tasks are imported on first use (`models.Classifier`), so `models.backbones`,
+`models.losses` and `models.errors` stay importable without Lightning.
+"""
 
-__all__ = ["Classifier", "FineTune", "SimCLR"]
+from importlib import import_module
+
+TASKS = {
+    "Classifier": "models.classifier",
+    "FineTune": "models.finetune",
+    "SimCLR": "models.pretrain",
+    "Task": "models.task",
+}
+
+__all__ = list(TASKS)
+
+
+def __getattr__(name: str):
+    if name in TASKS:
+        return getattr(import_module(TASKS[name]), name)
+    raise AttributeError(f"module 'models' has no attribute {name!r}")

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.nn.parameter import is_lazy
+
+from models.errors import ConfigError
 
 # The attribute names under which LightningModules keep their backbone (litlab's own and
 # common elsewhere: DDP/DeepSpeed wrap a model as `module`), preferred in this order when
@@ -37,7 +40,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if path.is_dir():
         found = sorted(path.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not found:
-            raise ValueError(
+            raise ConfigError(
                 f"Checkpoint folder {path} holds no last.ckpt; point it at {_FORMATS}, or consolidate a sharded "
                 f"checkpoint into one first with `python -m lightning.pytorch.utilities.consolidate_checkpoint {path}`."
             )
@@ -64,19 +67,19 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         refused = _REFUSED_GLOBAL.search(str(err)) if isinstance(err, pickle.UnpicklingError) else None
         if refused:
             # from None: torch's own message suggests weights_only=False, which litlab never does.
-            raise ValueError(
+            raise ConfigError(
                 f"Checkpoint {path} holds pickled Python objects ({refused.group(1)}), which litlab will not load "
                 "because unpickling them can run arbitrary code; save the weights instead, with "
                 "torch.save(model.state_dict(), ...) or safetensors.torch.save_file."
             ) from None
-        raise ValueError(
+        raise ConfigError(
             f"{path} is not a readable checkpoint ({_reason(err)}); "
             "it may be truncated or not a PyTorch/safetensors file."
         ) from err
     state = _find_state_dict(content)
     if state is None:
         found = f"keys {', '.join(map(repr, content))}" if isinstance(content, dict) else f"a {type(content).__name__}"
-        raise ValueError(
+        raise ConfigError(
             f"Checkpoint {path} holds no state dict of tensors (it has {found}); save model.state_dict(), "
             f"bare or in a dict under one of {', '.join(map(repr, CONTAINER_KEYS))}, or load a Lightning .ckpt."
         )
@@ -107,7 +110,7 @@ def load_backbone(backbone: nn.Module, path: str | os.PathLike, prefix: str | No
         if unexpected:
             problems.append(f"{len(unexpected)} unexpected keys ({_some(unexpected)})")
         groups = sorted({key.split(".")[0] + "." if "." in key else key for key in state})
-        raise ValueError(
+        raise ConfigError(
             f"Checkpoint {path} does not match {name} under prefix {prefix!r}: {' and '.join(problems)}; is this "
             f"checkpoint of the same backbone architecture and settings? If it is, pass prefix=... to pick the keys "
             f"(the file's keys start with {_some(groups)})."
@@ -116,13 +119,22 @@ def load_backbone(backbone: nn.Module, path: str | os.PathLike, prefix: str | No
     wrong = [key for key, tensor in expected.items() if not is_lazy(tensor) and weights[key].shape != tensor.shape]
     if wrong:
         key, others = wrong[0], f" (one of {len(wrong)} mismatched shapes)" if len(wrong) > 1 else ""
-        raise ValueError(
+        raise ConfigError(
             f"Checkpoint {path} (prefix {prefix!r}) has {key} of shape {tuple(weights[key].shape)} but {name} expects "
             f"{tuple(expected[key].shape)}{others}; is this checkpoint of the same backbone architecture and "
             "settings (widths, channels, depth)?"
         )
     backbone.load_state_dict(weights, strict=True)
     return prefix
+
+
+def load_pretrained(module: nn.Module, checkpoint: str | os.PathLike, prefix: str | None = None) -> Path:
+    """`load_backbone` for any part of a task (a backbone, a teacher, a tower), from a file or a
+    run folder; says on rank zero what was loaded from where. Returns the file used."""
+    path = resolve_checkpoint(checkpoint)
+    used = load_backbone(module, path, prefix)
+    rank_zero_info(f"{type(module).__name__} loaded from {path} (keys under '{used}').")
+    return path
 
 
 def _choose_prefix(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str:

@@ -2,7 +2,6 @@
 
 from typing import Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
@@ -10,17 +9,37 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from models.lazy import materialize
-from models.optim import Schedule, configure_optimization
+from datamodules.contract import IGNORE_INDEX, Batch, field
+from models.errors import ConfigError
+from models.optim import Schedule
+from models.task import Task
 
 Loss = Literal["cross_entropy", "mse"]
 
 
-class Classifier(L.LightningModule):
+def class_metrics(num_classes: int) -> MetricCollection:
+    """Accuracy and macro F1; samples marked unlabelled (IGNORE_INDEX) are left out."""
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX),
+            "f1": MulticlassF1Score(num_classes, average="macro", ignore_index=IGNORE_INDEX),
+        }
+    )
+
+
+def check_num_classes(num_classes: int | None, task: str) -> None:
+    if num_classes is None:
+        raise ConfigError(f"{task} needs num_classes, which comes from the data; use a DataModule with labels.")
+    if num_classes < 2:
+        raise ConfigError(f"num_classes must be at least 2; got {num_classes}.")
+
+
+class Classifier(Task):
     """`backbone` features -> linear head -> `num_classes` logits.
 
     `loss="mse"` is the squared error between the softmax and the one-hot target, the
-    classic loss of early networks; `cross_entropy` is the usual choice.
+    classic loss of early networks; `cross_entropy` is the usual choice. Unlabelled samples
+    (target IGNORE_INDEX) count in neither the loss nor the metrics.
     """
 
     def __init__(
@@ -31,16 +50,13 @@ class Classifier(L.LightningModule):
         label_smoothing: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.Adam,
         schedule: Schedule = "constant",
-        warmup_fraction: float = 0.0,
+        warmup_fraction: float | None = None,
         channels_last: bool = False,
     ) -> None:
-        super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2; got {num_classes}.")
-        if not 0.0 <= warmup_fraction < 1.0:
-            raise ValueError(f"warmup_fraction must be in [0, 1); got {warmup_fraction}.")
+        super().__init__(optimizer=optimizer, schedule=schedule, warmup_fraction=warmup_fraction)
+        check_num_classes(num_classes, type(self).__name__)
         if loss == "mse" and label_smoothing:
-            raise ValueError("label_smoothing applies to loss=cross_entropy only; set it to 0 for mse.")
+            raise ConfigError("label_smoothing applies to loss=cross_entropy only; set it to 0 for mse.")
         # The backbone is a module, saved in the state dict; its config is saved by the CLI.
         self.save_hyperparameters(ignore=["backbone", "optimizer"])
         self.backbone = backbone
@@ -48,22 +64,14 @@ class Classifier(L.LightningModule):
         self.num_classes = num_classes
         self.loss_name = loss
         self.label_smoothing = label_smoothing
-        self.optimizer = optimizer
-        self.schedule = schedule
-        self.warmup_fraction = warmup_fraction
         self.channels_last = channels_last
-        metrics = MetricCollection(
-            {
-                "acc": MulticlassAccuracy(num_classes, average="micro"),
-                "f1": MulticlassF1Score(num_classes, average="macro"),
-            }
-        )
+        metrics = class_metrics(num_classes)
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
 
     def setup(self, stage: str) -> None:
-        materialize(self.backbone, self.trainer.datamodule)
+        super().setup(stage)
         if self.channels_last:
             # NHWC lets cuDNN use its fastest convolution kernels under mixed precision.
             self.to(memory_format=torch.channels_last)
@@ -74,45 +82,45 @@ class Classifier(L.LightningModule):
         return self.head(self.backbone(x))
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The mean over labelled samples; zero (with a gradient path) when a batch has none."""
+        labelled = y != IGNORE_INDEX
+        count = labelled.sum().clamp(min=1)
         if self.loss_name == "mse":
-            target = F.one_hot(y, self.num_classes).to(logits.dtype)
-            return F.mse_loss(logits.softmax(dim=-1), target)
-        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+            target = F.one_hot(y.clamp(min=0), self.num_classes).to(logits.dtype)
+            per_sample = (logits.softmax(dim=-1) - target).square().mean(dim=-1)  # (B,)
+            return (per_sample * labelled).sum() / count
+        total = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, label_smoothing=self.label_smoothing, reduction="sum")
+        return total / count
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metrics: MetricCollection) -> torch.Tensor:
-        x, y = batch
-        logits = self(x)
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        y = batch["target"]
+        logits = self(field(batch, "input", type(self).__name__))
         loss = self.loss(logits, y)
-        metrics(logits, y)
-        # Training loss per step (the curve to watch); evaluation loss averaged over the epoch
-        # and over ranks, so that every rank picks the same best checkpoint.
-        train = stage == "train"
-        self.log(
-            f"{stage}/loss", loss, on_step=train, on_epoch=not train, sync_dist=not train, prog_bar=True, batch_size=len(y)
-        )
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(y))
+        # Updated every step, computed once an epoch (on_train_epoch_end): a batch value would cost a compute per step.
+        self.train_metrics.update(logits.detach(), y)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(y))  # per step: the curve to watch
         return loss
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train", self.train_metrics)
+    def on_train_epoch_end(self) -> None:
+        self.log_dict(self.train_metrics)
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "val", self.val_metrics)
+    def _evaluate(self, batch: Batch, stage: str, metrics: MetricCollection) -> None:
+        y = batch["target"]
+        logits = self(field(batch, "input", type(self).__name__))
+        metrics.update(logits, y)
+        # Averaged over the epoch and over ranks, so that every rank picks the same best checkpoint.
+        self.log(f"{stage}/loss", self.loss(logits, y), sync_dist=True, prog_bar=True, batch_size=len(y))
+        self.log_dict(metrics, prog_bar=True, batch_size=len(y))
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "test", self.test_metrics)
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics)
 
-    def predict_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
-        probs = self(batch[0]).softmax(dim=-1)
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        probs = self(field(batch, "input", type(self).__name__)).softmax(dim=-1)
         out = {"pred": probs.argmax(dim=-1), "probs": probs}
-        if len(batch) > 1:
-            out["target"] = batch[1]
+        if "target" in batch:
+            out["target"] = batch["target"]
         return out
-
-    def lr_scale(self) -> dict[str, float] | None:
-        """Learning-rate multipliers by submodule name; a subclass with a pretrained part sets them."""
-        return None
-
-    def configure_optimizers(self):
-        steps = int(self.trainer.estimated_stepping_batches)
-        return configure_optimization(self, self.optimizer, self.schedule, steps, self.warmup_fraction, self.lr_scale())

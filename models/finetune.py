@@ -5,11 +5,10 @@ from typing import Literal
 import torch
 from lightning.pytorch.callbacks import BackboneFinetuning
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from models.checkpoints import load_backbone, resolve_checkpoint
 from models.classifier import Classifier, Loss
+from models.errors import ConfigError
 from models.optim import Schedule
 
 Mode = Literal["linear", "full", "gradual"]
@@ -42,32 +41,33 @@ class FineTune(Classifier):
         label_smoothing: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.Adam,
         schedule: Schedule = "constant",
-        warmup_fraction: float = 0.0,
+        warmup_fraction: float | None = None,
         channels_last: bool = False,
     ) -> None:
+        # By keyword: a new Classifier argument can never shift these.
         super().__init__(
-            backbone, num_classes, loss, label_smoothing, optimizer, schedule, warmup_fraction, channels_last
+            backbone=backbone,
+            num_classes=num_classes,
+            loss=loss,
+            label_smoothing=label_smoothing,
+            optimizer=optimizer,
+            schedule=schedule,
+            warmup_fraction=warmup_fraction,
+            channels_last=channels_last,
         )
         if backbone_lr_scale <= 0:
-            raise ValueError(f"backbone_lr_scale must be positive; got {backbone_lr_scale}. Use mode: linear to freeze.")
+            raise ConfigError(f"backbone_lr_scale must be positive; got {backbone_lr_scale}. Use mode: linear to freeze.")
         self.save_hyperparameters(ignore=["backbone", "optimizer"])
         self.mode = mode
         self.backbone_lr_scale = backbone_lr_scale
         self.unfreeze_at_epoch = unfreeze_at_epoch
         if checkpoint is not None:
-            path = resolve_checkpoint(checkpoint)
-            prefix = load_backbone(self.backbone, path, checkpoint_prefix)
-            rank_zero_info(f"Backbone loaded from {path} (keys under '{prefix}').")
+            self.load_part("backbone", checkpoint, checkpoint_prefix)
         if mode == "linear":
-            self.backbone.requires_grad_(False)
-            self.backbone.eval()
-
-    def train(self, mode: bool = True) -> "FineTune":
-        # Whoever puts the model in train mode, a linear probe's backbone stays in eval mode.
-        super().train(mode)
-        if self.mode == "linear":
-            self.backbone.eval()
-        return self
+            self.freeze("backbone")
+        elif mode == "full":
+            # In gradual mode BackboneFinetuning applies the scale when it adds the backbone.
+            self.lr_scales["backbone"] = backbone_lr_scale
 
     def configure_callbacks(self) -> list:
         if self.mode != "gradual":
@@ -80,7 +80,3 @@ class FineTune(Classifier):
                 train_bn=True,
             )
         ]
-
-    def lr_scale(self) -> dict[str, float] | None:
-        # In gradual mode BackboneFinetuning applies the scale when it adds the backbone.
-        return {"backbone": self.backbone_lr_scale} if self.mode == "full" else None

@@ -11,18 +11,45 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, OneCycleLR, SequentialLR
 
+from models.errors import ConfigError
+
 Schedule = Literal["constant", "cosine", "onecycle"]
 
+# The share of a one-cycle run spent rising, when warmup_fraction is left unset (torch's default).
+ONECYCLE_WARMUP = 0.3
 
-def parameter_groups(module: nn.Module, lr_scale: dict[str, float] | None = None) -> list[dict]:
+
+def check_schedule(schedule: Schedule, warmup_fraction: float | None) -> None:
+    if warmup_fraction is None:
+        return
+    if not 0.0 <= warmup_fraction < 1.0:
+        raise ConfigError(f"warmup_fraction must be in [0, 1); got {warmup_fraction}.")
+    if schedule == "constant" and warmup_fraction:
+        raise ConfigError("warmup_fraction needs a schedule (cosine or onecycle); the constant schedule has no warmup.")
+    if schedule == "onecycle" and warmup_fraction == 0:
+        raise ConfigError(
+            "The onecycle schedule must rise before it falls: set warmup_fraction in (0, 1), "
+            f"or leave it unset for {ONECYCLE_WARMUP}."
+        )
+
+
+def parameter_groups(
+    module: nn.Module, lr_scale: dict[str, float] | None = None, no_decay: set[str] | frozenset[str] = frozenset()
+) -> list[dict]:
     """Trainable parameters in groups: weight decay for matrices and kernels only (biases and
-    norm scales are left alone), and a learning-rate multiplier `lr_scale[name]` for the
-    parameters of each named submodule (say, a pretrained backbone)."""
+    norm scales are left alone, and so is every parameter of a submodule named in `no_decay`),
+    and a learning-rate multiplier `lr_scale[name]` for the parameters of each named submodule
+    (say, a pretrained backbone)."""
+
+    def under(name: str, prefix: str) -> bool:
+        return name.startswith(f"{prefix}.")
+
     groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, p in module.named_parameters():
         if p.requires_grad:
-            scale = next((s for prefix, s in (lr_scale or {}).items() if name.startswith(f"{prefix}.")), 1.0)
-            groups.setdefault((scale, p.ndim >= 2), []).append(p)
+            scale = next((s for prefix, s in (lr_scale or {}).items() if under(name, prefix)), 1.0)
+            decay = p.ndim >= 2 and not any(under(name, prefix) for prefix in no_decay)
+            groups.setdefault((scale, decay), []).append(p)
     return [
         {"params": params, "lr_scale": scale, **({} if decay else {"weight_decay": 0.0})}
         for (scale, decay), params in groups.items()
@@ -34,20 +61,26 @@ def configure_optimization(
     optimizer: OptimizerCallable,
     schedule: Schedule,
     total_steps: int,
-    warmup_fraction: float = 0.0,
+    warmup_fraction: float | None = None,
     lr_scale: dict[str, float] | None = None,
+    no_decay: set[str] | frozenset[str] = frozenset(),
 ):
-    """What `configure_optimizers` returns: the optimizer, and a per-step schedule over `total_steps`."""
-    opt = optimizer(parameter_groups(module, lr_scale))
+    """What `configure_optimizers` returns: the optimizer, and a per-step schedule over `total_steps`.
+
+    `warmup_fraction` None means the schedule's own: none for cosine, ONECYCLE_WARMUP for onecycle.
+    """
+    check_schedule(schedule, warmup_fraction)
+    opt = optimizer(parameter_groups(module, lr_scale, no_decay))
     for group in opt.param_groups:
         group["lr"] *= group["lr_scale"]
     if schedule == "constant":
         return opt
     if schedule == "onecycle":
         max_lr = [group["lr"] for group in opt.param_groups]
-        scheduler = OneCycleLR(opt, max_lr=max_lr, total_steps=total_steps, pct_start=warmup_fraction or 0.3)
+        rising = ONECYCLE_WARMUP if warmup_fraction is None else warmup_fraction
+        scheduler = OneCycleLR(opt, max_lr=max_lr, total_steps=total_steps, pct_start=rising)
     else:
-        warmup = int(warmup_fraction * total_steps)
+        warmup = int((warmup_fraction or 0.0) * total_steps)
         scheduler = CosineAnnealingLR(opt, T_max=max(total_steps - warmup, 1))
         if warmup:
             ramp = LinearLR(opt, start_factor=1.0 / warmup, total_iters=warmup)

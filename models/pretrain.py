@@ -1,27 +1,44 @@
 """Self-supervised pretraining: SimCLR for images."""
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from models.lazy import materialize
+from datamodules import contract
+from datamodules.contract import IGNORE_INDEX, Batch, field
+from models.errors import ConfigError
 from models.losses import nt_xent
-from models.optim import Schedule, configure_optimization
+from models.optim import Schedule
+from models.task import Task
+
+# Validation dataloaders when the k-NN monitor is on: the reference set first, so its
+# features are ready before the first validation batch is voted on.
+REFERENCE, VALIDATION = 0, 1
 
 
-class SimCLR(L.LightningModule):
+def knn_vote(
+    features: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, k: int, temperature: float, classes: int
+) -> torch.Tensor:
+    """Class scores (B, C) from the k most similar reference samples, each weighted by
+    exp(similarity / temperature) (Wu et al., 2018). Features and bank are L2-normalised."""
+    similarity, index = (features @ bank.T).topk(min(k, len(bank)), dim=1)  # (B, k)
+    votes = F.one_hot(bank_labels[index], classes).to(similarity.dtype)  # (B, k, C)
+    return (votes * (similarity / temperature).exp().unsqueeze(-1)).sum(dim=1)  # (B, C)
+
+
+class SimCLR(Task):
     """Contrastive pretraining (Chen et al., 2020): two augmented views of each image must find
     each other among all views in the global batch.
 
     The data must give two views per training image (`augment.views: 2`); labels, where the
     data has them, never reach the contrastive loss. They feed two monitors of the
-    representation: a linear probe trained on detached features in its own parameter group
-    (`val/probe_acc`; its cross entropy is logged as `val/loss`, so checkpoints keep the
-    epoch whose features a linear classifier reads best), and a k-nearest-neighbour vote
-    against the labelled training images (`val/knn_acc`).
+    representation: a linear probe trained on detached features in its own parameter group,
+    without weight decay (`val/probe_acc`; its cross entropy is logged as `val/loss`, so
+    checkpoints keep the epoch whose features a linear classifier reads best), and, every
+    `knn_every` epochs and at the last, a k-nearest-neighbour vote against the labelled
+    training images (`val/knn_acc`), which the data serves as an extra validation dataloader.
     """
 
     def __init__(
@@ -32,13 +49,18 @@ class SimCLR(L.LightningModule):
         temperature: float = 0.5,
         optimizer: OptimizerCallable = torch.optim.Adam,
         schedule: Schedule = "cosine",
-        warmup_fraction: float = 0.0,
+        warmup_fraction: float | None = None,
         probe_lr_scale: float = 1.0,
         knn_k: int = 20,
+        knn_temperature: float = 0.07,
+        knn_every: int = 1,
     ) -> None:
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive; got {temperature}.")
+        super().__init__(optimizer=optimizer, schedule=schedule, warmup_fraction=warmup_fraction)
+        for name, value in (("temperature", temperature), ("knn_temperature", knn_temperature)):
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive; got {value}.")
+        if knn_every < 1:
+            raise ConfigError(f"knn_every must be at least 1 (epochs between k-NN votes); got {knn_every}.")
         self.save_hyperparameters(ignore=["backbone", "optimizer"])
         self.backbone = backbone
         width = backbone.out_features
@@ -47,26 +69,27 @@ class SimCLR(L.LightningModule):
             nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, projection_dim)
         )
         self.probe = nn.Linear(width, num_classes) if num_classes else None
+        self.lr_scales["probe"] = probe_lr_scale
+        self.no_decay.add("probe")  # a monitor: decay would bias what it reports about the features
         self.temperature = temperature
-        self.optimizer = optimizer
-        self.schedule = schedule
-        self.warmup_fraction = warmup_fraction
-        self.probe_lr_scale = probe_lr_scale
-        self.knn_k = knn_k
+        self.knn_k, self.knn_temperature, self.knn_every = knn_k, knn_temperature, knn_every
+        self.knn = num_classes is not None and knn_k > 0
         if num_classes:
             self.probe_acc = MulticlassAccuracy(num_classes, average="micro")
             self.knn_acc = MulticlassAccuracy(num_classes, average="micro")
 
     def setup(self, stage: str) -> None:
-        materialize(self.backbone, self.trainer.datamodule)
+        super().setup(stage)
+        if self.knn and stage in ("fit", "validate"):
+            contract.request_reference_set(self.trainer.datamodule, "SimCLR's k-NN monitor (knn_k > 0)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        views, *labels = batch
-        if not isinstance(views, (tuple, list)) or len(views) != 2:
-            raise ValueError("SimCLR needs two views of each training image; set data.augment.views: 2.")
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        views = field(batch, "views", "SimCLR")
+        if len(views) != 2:
+            raise ConfigError(f"SimCLR needs exactly two views of each training image; set data.augment.views: 2, not {len(views)}.")
         b = len(views[0])
         features = self.backbone(torch.cat(views))  # both views in one pass: (2B, F), batch norm sees both
         z1, z2 = self.projector(features).split(b)  # 2 x (B, D)
@@ -76,47 +99,47 @@ class SimCLR(L.LightningModule):
             gather = lambda z: self.all_gather(z, sync_grads=True).flatten(0, 1)  # noqa: E731  (W, B, D) -> (W*B, D)
         loss = nt_xent(z1, z2, self.temperature, gather, self.global_rank)
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
-        if self.probe is not None and labels:
-            probe_loss = F.cross_entropy(self.probe(features[:b].detach()), labels[0])
+        target = batch.get("target")
+        if self.probe is not None and target is not None and (target != IGNORE_INDEX).any():
+            probe_loss = F.cross_entropy(self.probe(features[:b].detach()), target, ignore_index=IGNORE_INDEX)
             self.log("train/probe_loss", probe_loss, batch_size=b)
             loss = loss + probe_loss  # the probe's parameters get only this gradient, the backbone none of it
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._bank = None
-        dm = self.trainer.datamodule
-        if self.probe is None or self.knn_k <= 0 or not hasattr(dm, "bank_dataloader"):
-            return
-        features, labels = [], []
-        with torch.no_grad():
-            for x, y in dm.bank_dataloader():
-                # The hook the trainer would run: on the device path it normalises the raw images.
-                x, y = dm.on_after_batch_transfer((x.to(self.device), y.to(self.device)), 0)
-                features.append(F.normalize(self.backbone(x), dim=1))
-                labels.append(y)
-        self._bank = torch.cat(features), torch.cat(labels)  # (N, F), (N,)
+        last = self.trainer.max_epochs is not None and self.current_epoch + 1 >= self.trainer.max_epochs
+        self._vote = (
+            self.knn and not self.trainer.sanity_checking and ((self.current_epoch + 1) % self.knn_every == 0 or last)
+        )
+        self._reference: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._bank: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if self.probe is None:
             return
-        x, y = batch
+        x, y = field(batch, "input", "SimCLR"), batch["target"]
+        if self.knn and dataloader_idx == REFERENCE:
+            if self._vote:
+                self._reference.append((F.normalize(self.backbone(x).float(), dim=1), y))
+            return
         features = self.backbone(x)
         logits = self.probe(features)
-        self.log("val/loss", F.cross_entropy(logits, y), sync_dist=True, batch_size=len(y))
+        log = dict(batch_size=len(y), add_dataloader_idx=False)
+        self.log("val/loss", F.cross_entropy(logits, y), sync_dist=True, **log)
         self.probe_acc(logits, y)
-        self.log("val/probe_acc", self.probe_acc, prog_bar=True, batch_size=len(y))
-        if self._bank is not None:
-            self.knn_acc(self._knn_vote(F.normalize(features, dim=1)), y)
-            self.log("val/knn_acc", self.knn_acc, prog_bar=True, batch_size=len(y))
+        self.log("val/probe_acc", self.probe_acc, prog_bar=True, **log)
+        if self._vote:
+            bank, labels = self._gathered_bank()
+            scores = knn_vote(F.normalize(features.float(), dim=1), bank, labels, self.knn_k, self.knn_temperature, self.probe.out_features)
+            self.knn_acc(scores, y)
+            self.log("val/knn_acc", self.knn_acc, prog_bar=True, **log)
 
-    def _knn_vote(self, features: torch.Tensor) -> torch.Tensor:
-        """Class scores from the k most similar labelled images, weighted by exp(similarity / T) (Wu et al., 2018)."""
-        bank, bank_labels = self._bank
-        similarity, index = (features @ bank.T).topk(min(self.knn_k, len(bank)), dim=1)  # (B, k)
-        votes = F.one_hot(bank_labels[index], self.probe.out_features).float()  # (B, k, C)
-        return (votes * (similarity / 0.07).exp().unsqueeze(-1)).sum(dim=1)  # (B, C)
-
-    def configure_optimizers(self):
-        steps = int(self.trainer.estimated_stepping_batches)
-        scale = {"probe": self.probe_lr_scale}
-        return configure_optimization(self, self.optimizer, self.schedule, steps, self.warmup_fraction, scale)
+    def _gathered_bank(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rank's reference features, once per validation: each rank saw its own shard."""
+        if self._bank is None:
+            features = torch.cat([f for f, _ in self._reference])  # (N, F)
+            labels = torch.cat([y for _, y in self._reference])  # (N,)
+            if self.trainer.world_size > 1:
+                features, labels = (self.all_gather(t).flatten(0, 1) for t in (features, labels))
+            self._bank = features, labels
+        return self._bank

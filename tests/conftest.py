@@ -48,6 +48,36 @@ def litlab():
     return run_litlab
 
 
+QUIET = ("--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false")
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch):
+    """`cli("fit", "--config", path, ...)`: a LitlabCLI run in this process, quiet, W&B disabled
+    (the W&B tests read real offline runs). Returns the CLI, with its trainer and model."""
+    from experiments.cli import LitlabCLI
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    return lambda *args: LitlabCLI(args=[*args, *QUIET])
+
+
+@pytest.fixture
+def litlab_main(capsys: pytest.CaptureFixture):
+    """`litlab_main("fit", ...)` -> (exit code, stdout, stderr) of `experiments.cli.main` in this process."""
+    from experiments.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
 def read_wandb_run(run_dir: Path) -> dict:
     """Read an offline W&B run back from its transaction log (`run-<id>.wandb`).
 

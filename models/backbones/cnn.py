@@ -5,8 +5,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from models.backbones.registry import register
 from models.backbones.activations import Activation, make_activation
+from models.backbones.registry import register
+from models.errors import ConfigError
 
 Pool = Literal["max", "avg", "none"]
 
@@ -26,7 +27,7 @@ class CNN(nn.Module):
     ) -> None:
         super().__init__()
         if not channels:
-            raise ValueError("CNN channels must name at least one block, e.g. [32, 64].")
+            raise ConfigError("CNN channels must name at least one block, e.g. [32, 64].")
         # Batch norm's mean subtraction cancels a conv bias, so drop the bias there.
         conv_args = dict(kernel_size=kernel_size, padding="same", bias=not batch_norm)
         layers: list[nn.Module] = []
@@ -51,6 +52,8 @@ class CNN(nn.Module):
         self.features = nn.Sequential(*layers)
         self.out_features = channels[-1]
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)  # (B, C, H, W) -> (B, channels[-1], H', W')
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)  # (B, C, H, W) -> (B, channels[-1], H', W')
-        return x.mean(dim=(2, 3))  # (B, channels[-1])
+        return self.forward_features(x).mean(dim=(2, 3))  # (B, channels[-1])

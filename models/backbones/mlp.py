@@ -3,8 +3,9 @@
 import torch
 from torch import nn
 
-from models.backbones.registry import register
 from models.backbones.activations import Activation, make_activation
+from models.backbones.registry import register
+from models.errors import ConfigError
 
 
 @register(image=[{}, {"depth": 1, "activation": "step", "dropout": 0.1}], sequence={})
@@ -14,7 +15,7 @@ class MLP(nn.Module):
     def __init__(self, depth: int = 2, width: int = 256, dropout: float = 0.0, activation: Activation = "relu") -> None:
         super().__init__()
         if depth < 1:
-            raise ValueError(f"MLP depth must be at least 1; got {depth}.")
+            raise ConfigError(f"MLP depth must be at least 1; got {depth}.")
         layers: list[nn.Module] = [nn.Flatten()]
         for i in range(depth):
             # Only the first layer is lazy: its input size comes from the data.
@@ -26,5 +27,8 @@ class MLP(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.out_features = width
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)  # (B, ...) -> (B, width): flattened input has no positions to keep
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)  # (B, ...) -> (B, width)
+        return self.forward_features(x)

@@ -9,6 +9,7 @@ from torch import nn
 
 from models.backbones.activations import Activation, make_activation
 from models.backbones.registry import register
+from models.errors import ConfigError
 
 
 class BasicBlock(nn.Module):
@@ -41,7 +42,7 @@ class ResNet(nn.Module):
     def __init__(self, depth: int = 20, width: int = 16, activation: Activation = "relu") -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
-            raise ValueError(f"ResNet depth must be 6n + 2 (8, 14, 20, 32, 44, 56, 110); got {depth}.")
+            raise ConfigError(f"ResNet depth must be 6n + 2 (8, 14, 20, 32, 44, 56, 110); got {depth}.")
         blocks_per_stage = (depth - 2) // 6
         # The stem is lazy, so any number of input channels works.
         layers: list[nn.Module] = [nn.LazyConv2d(width, 3, padding=1, bias=False), nn.BatchNorm2d(width)]
@@ -58,5 +59,8 @@ class ResNet(nn.Module):
             if isinstance(m, nn.Conv2d) and not isinstance(m, nn.LazyConv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)  # (B, C, H, W) -> (B, 4 * width, H / 4, W / 4)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).mean(dim=(2, 3))  # (B, C, H, W) -> (B, 4 * width)
+        return self.forward_features(x).mean(dim=(2, 3))  # (B, 4 * width)

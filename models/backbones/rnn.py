@@ -13,7 +13,10 @@ CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.
 
 @register(sequence=[{"cell": "rnn"}, {"cell": "lstm"}, {"cell": "gru", "num_layers": 2, "bidirectional": True}])
 class RNN(nn.Module):
-    """(B, T, F) -> final hidden state of the last layer, both directions concatenated."""
+    """(B, T, F) -> final hidden state of the last layer, both directions concatenated.
+
+    `forward_features` gives the last layer's output at every step instead: (B, T, out_features).
+    """
 
     def __init__(
         self,
@@ -37,6 +40,10 @@ class RNN(nn.Module):
         )
         self.directions = 2 if bidirectional else 1
         self.out_features = hidden_size * self.directions
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.project(x))  # (B, T, directions * hidden)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, h = self.rnn(self.project(x))  # x: (B, T, F) -> (B, T, hidden)

@@ -8,11 +8,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from models.backbones.registry import register
 from models.backbones.activations import Activation, make_activation
+from models.backbones.registry import register
+from models.errors import ConfigError
 
 Input = Literal["sequence", "image", "tokens"]
-Pool = Literal["mean", "cls", "last", "none"]
+Pool = Literal["mean", "cls", "last"]
 
 
 class SelfAttention(nn.Module):
@@ -25,12 +26,19 @@ class SelfAttention(nn.Module):
         self.dropout = dropout
         self.causal = causal
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attend: torch.Tensor | None = None) -> torch.Tensor:
+        """`attend`: (B, 1, T, T) or (B, 1, 1, T) booleans, True where a query may look at a key;
+        it already holds the causal mask when there is one."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
+            q,
+            k,
+            v,
+            attn_mask=attend,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=self.causal and attend is None,
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.drop(self.proj(y))
@@ -58,8 +66,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(d_model)
         self.mlp = FeedForward(d_model, int(mlp_ratio * d_model), dropout, activation)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, attend: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), attend)
         return x + self.mlp(self.ln2(x))
 
 
@@ -73,7 +81,12 @@ class Block(nn.Module):
     tokens={"input": "tokens", "vocab_size": 50},
 )
 class Transformer(nn.Module):
-    """Embed, add learned positions, `depth` pre-LN blocks, final LayerNorm, then pool."""
+    """Embed, add learned positions, `depth` pre-LN blocks, final LayerNorm, then pool.
+
+    `forward_features` gives every position, (B, T, d_model) (with the cls token first when
+    pool='cls'); `forward` pools them to (B, d_model). Both take an optional `padding_mask`
+    (B, T), True at padding: padded keys are never attended to, and pooling skips them.
+    """
 
     def __init__(
         self,
@@ -92,11 +105,11 @@ class Transformer(nn.Module):
     ) -> None:
         super().__init__()
         if d_model % heads:
-            raise ValueError(f"Transformer d_model ({d_model}) must be divisible by heads ({heads}).")
+            raise ConfigError(f"Transformer d_model ({d_model}) must be divisible by heads ({heads}).")
         if input == "tokens" and vocab_size is None:
-            raise ValueError("Transformer input='tokens' needs vocab_size; set it to the tokenizer's vocabulary size.")
+            raise ConfigError("Transformer input='tokens' needs vocab_size; set it to the tokenizer's vocabulary size.")
         if causal and pool == "cls":
-            raise ValueError("A causal Transformer's cls token (first) would see only itself; use pool='last' instead.")
+            raise ConfigError("A causal Transformer's cls token (first) would see only itself; use pool='last' instead.")
         if input == "tokens":
             self.embed = nn.Embedding(vocab_size, d_model)
         elif input == "image":
@@ -112,6 +125,7 @@ class Transformer(nn.Module):
         self.patch_size = patch_size
         self.max_len = max_len
         self.pool = pool
+        self.causal = causal
         self.out_features = d_model
         self.apply(_init_weights)
         if self.cls is not None:
@@ -122,10 +136,10 @@ class Transformer(nn.Module):
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * depth))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.input == "image" and (x.shape[-2] % self.patch_size or x.shape[-1] % self.patch_size):
             # A strided conv would silently drop the edge pixels.
-            raise ValueError(
+            raise ConfigError(
                 f"Transformer got {x.shape[-2]}x{x.shape[-1]} images, not divisible by patch_size "
                 f"{self.patch_size}; choose a patch_size that divides both sides."
             )
@@ -134,23 +148,38 @@ class Transformer(nn.Module):
             x = x.flatten(2).transpose(1, 2)  # (B, N, C), one token per patch
         B, T, _ = x.shape
         if T > self.max_len:
-            raise ValueError(
+            raise ConfigError(
                 f"Transformer input has {T} positions (tokens or patches) but max_len is {self.max_len}; "
                 "raise max_len or shorten the input."
             )
         if self.cls is not None:
             x = torch.cat([self.cls.expand(B, -1, -1), x], dim=1)  # (B, 1 + T, C)
+            if padding_mask is not None:
+                padding_mask = F.pad(padding_mask, (1, 0), value=False)  # the cls token is never padding
         x = self.drop(x + self.pos(torch.arange(x.shape[1], device=x.device)))
+        attend = None
+        if padding_mask is not None:
+            n = x.shape[1]
+            attend = ~padding_mask[:, None, None, :]  # (B, 1, 1, T'): every query may see every real key
+            if self.causal:
+                attend = attend & torch.ones(n, n, dtype=torch.bool, device=x.device).tril()  # (B, 1, T', T')
+            # A padding query with no real key to see would give NaN; it sees itself instead.
+            attend = attend | torch.eye(n, dtype=torch.bool, device=x.device)
         for block in self.blocks:
-            x = block(x)
-        x = self.ln_f(x)  # (B, T', C)
-        if self.pool == "mean":
-            return x.mean(dim=1)  # (B, C)
+            x = block(x, attend)
+        return self.ln_f(x)  # (B, T', C)
+
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.forward_features(x, padding_mask)  # (B, T', C)
         if self.pool == "cls":
             return x[:, 0]
-        if self.pool == "last":
-            return x[:, -1]
-        return x  # (B, T, C), for a per-token head such as a language model's
+        if padding_mask is None:
+            return x.mean(dim=1) if self.pool == "mean" else x[:, -1]
+        keep = (~padding_mask).to(x.dtype).unsqueeze(-1)  # (B, T, 1)
+        if self.pool == "mean":
+            return (x * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)  # (B, C)
+        last = keep.squeeze(-1).cumsum(dim=1).argmax(dim=1)  # (B,): the last real position
+        return x[torch.arange(len(x), device=x.device), last]
 
 
 def _init_weights(module: nn.Module) -> None:

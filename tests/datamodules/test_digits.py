@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from datamodules import DigitsDataModule
+from datamodules import IGNORE_INDEX, DigitsDataModule
+from models.errors import ConfigError
 
 
 def setup(**kwargs) -> DigitsDataModule:
@@ -11,11 +12,11 @@ def setup(**kwargs) -> DigitsDataModule:
 
 
 def labels(dataset) -> torch.Tensor:
-    return torch.stack([dataset[i][-1] for i in range(len(dataset))])
+    return torch.stack([dataset[i]["target"] for i in range(len(dataset))])
 
 
 def images(dataset) -> torch.Tensor:
-    return torch.stack([dataset[i][0] for i in range(len(dataset))])
+    return torch.stack([dataset[i]["input"] for i in range(len(dataset))])
 
 
 def test_split_is_disjoint_stratified_and_complete():
@@ -38,10 +39,12 @@ def test_split_depends_on_seed_only():
 
 def test_views_and_normalisation():
     image, sequence = setup(view="image"), setup(view="sequence")
-    x, y = next(iter(image.train_dataloader()))
+    batch = next(iter(image.train_dataloader()))
+    assert set(batch) == {"input", "target"}
+    x, y = batch["input"], batch["target"]
     assert x.shape == (64, 1, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.long
     assert image.input_shape == (1, 8, 8) and sequence.input_shape == (8, 8)
-    assert next(iter(sequence.train_dataloader()))[0].shape == (64, 8, 8)
+    assert next(iter(sequence.train_dataloader()))["input"].shape == (64, 8, 8)
     # Row t of the sequence view is row t of the image.
     assert torch.equal(images(image.test_dataset)[:, 0], images(sequence.test_dataset))
     train = images(image.train_dataset)
@@ -55,7 +58,8 @@ def test_label_fraction_keeps_a_stratified_share_and_sets_the_rest_aside():
     assert len(few.train_dataset) == pytest.approx(0.1 * len(full.train_dataset), abs=1)
     counts = torch.bincount(labels(few.train_dataset), minlength=10)
     assert counts.min() >= 11 and counts.max() <= 14
-    assert len(few.train_dataset) + len(few.unlabeled_dataset) == len(full.train_dataset)
+    assert len(few.train_dataset) + len(few.unlabelled_dataset) == len(full.train_dataset)
+    assert (labels(few.unlabelled_dataset) == IGNORE_INDEX).all()  # set-aside labels are hidden
     assert torch.equal(images(few.test_dataset), images(full.test_dataset))  # evaluation unchanged
 
 
@@ -68,7 +72,7 @@ def test_label_fraction_keeps_a_stratified_share_and_sets_the_rest_aside():
     ],
 )
 def test_bad_fractions_are_rejected_by_name(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         DigitsDataModule(**kwargs)
 
 
@@ -77,7 +81,7 @@ def test_augmented_sequence_view_is_an_augmented_image_read_by_rows():
 
     torch.manual_seed(0)
     dm = setup(view="sequence", augment=Augmentation(crop_padding=2))
-    x, _ = next(iter(dm.train_dataloader()))
+    x = next(iter(dm.train_dataloader()))["input"]
     assert x.shape == (64, 8, 8)
     plain = setup(view="sequence")
     assert not torch.equal(images(dm.train_dataset), images(plain.train_dataset))  # training images move
@@ -88,8 +92,11 @@ def test_on_device_path_yields_raw_batches_and_augments_them_after_transfer():
     from datamodules import Augmentation
 
     dm = setup(view="sequence", augment=Augmentation(crop_padding=1, on_device=True))
-    x, y = next(iter(dm.train_dataloader()))
+    batch = next(iter(dm.train_dataloader()))
+    x, y = batch["input"], batch["target"]
     assert x.shape == (64, 1, 8, 8) and x.min() >= 0 and x.max() <= 1  # raw, whole images
-    out, same_y = dm.on_after_batch_transfer((x, y), 0)  # outside a trainer: evaluation, normalise only
+    after = dm.on_after_batch_transfer(batch, 0)  # outside a trainer: evaluation, normalise only
+    assert set(after) == {"input", "target"}
+    out, same_y = after["input"], after["target"]
     assert out.shape == (64, 8, 8) and torch.equal(same_y, y)
     assert (out - (x.flatten(1, 2) - dm.mean[0]) / dm.std[0]).abs().max() < 1e-5

@@ -19,7 +19,8 @@ def test_one_folder_is_split_by_seeded_fractions(datasets_on_disk, tmp_path):
     dm = loaded(tmp_path, test_fraction=0.25, val_fraction=0.2)
     assert dm.classes == ["class_0", "class_1", "class_2"] and dm.num_classes == 3
     assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (36, 9, 15)
-    x, y = next(iter(dm.train_dataloader()))
+    batch = next(iter(dm.train_dataloader()))
+    x, y = batch["input"], batch["target"]
     assert x.shape == (36, 3, 16, 16)
     assert x.dtype == torch.float32 and y.max() < 3
     again = loaded(tmp_path, test_fraction=0.25, val_fraction=0.2)
@@ -31,7 +32,7 @@ def test_train_val_test_folders_are_used_as_given(datasets_on_disk, tmp_path):
         datasets_on_disk.image_folder(tmp_path / split, classes=2, per_class=4)
     dm = loaded(tmp_path, image_size=8)
     assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (8, 8, 8)
-    assert next(iter(dm.test_dataloader()))[0].shape == (8, 3, 8, 8)
+    assert next(iter(dm.test_dataloader()))["input"].shape == (8, 3, 8, 8)
 
 
 def test_without_val_folder_validation_is_carved_from_train(datasets_on_disk, tmp_path):
@@ -56,7 +57,7 @@ def test_non_images_and_broken_images_are_reported_by_name_and_skipped(datasets_
 def test_grayscale_and_user_statistics(datasets_on_disk, tmp_path):
     datasets_on_disk.image_folder(tmp_path, classes=2, per_class=10)
     dm = loaded(tmp_path, channels=1, mean=[0.0], std=[1.0])
-    x, _ = next(iter(dm.test_dataloader()))
+    x = next(iter(dm.test_dataloader()))["input"]
     assert x.shape[1:] == (1, 16, 16) and x.min() >= 0 and x.max() <= 1
 
 

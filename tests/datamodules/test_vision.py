@@ -20,11 +20,12 @@ def test_mnist_idx_files_are_read(datasets_on_disk, tmp_path, name, folder):
     dm = loaded(dataset=name, root=str(tmp_path))
     assert (dm.num_classes, dm.input_shape) == (10, (1, 28, 28))
     assert len(dm.train_dataset) + len(dm.val_dataset) == 200 and len(dm.test_dataset) == 100
-    x, y = next(iter(dm.test_dataloader()))
+    batch = next(iter(dm.test_dataloader()))
+    x, y = batch["input"], batch["target"]
     assert x.shape == (100, 1, 28, 28) and x.dtype == torch.float32
     # Each test image still has its class's square: images and labels were read in step.
-    _, _, _, raw = dm.load()
-    images, labels = raw.images, raw.labels
+    raw = dm.load().test
+    images, labels = raw.fields["input"], raw.fields["target"]
     assert torch.equal(y, labels)
     for image, label in zip(images, labels):
         assert (image == datasets_on_disk.square_value(int(label))).sum() >= 49
@@ -39,8 +40,8 @@ def test_cifar_pickle_batches_are_read_in_channel_order(datasets_on_disk, tmp_pa
     assert (dm.num_classes, dm.input_shape) == (classes, (3, 32, 32))
     train_files = len(CIFAR10.train_list) if classes == 10 else 1
     assert len(dm.train_dataset) + len(dm.val_dataset) == train_files * per_batch and len(dm.test_dataset) == 100
-    _, _, _, raw = dm.load()
-    images, labels = raw.images, raw.labels
+    raw = dm.load().test
+    images, labels = raw.fields["input"], raw.fields["target"]
     assert images.shape == (100, 3, 32, 32) and images.dtype == torch.uint8
     # The class square shows in every channel at full size: rows were split into R, G, B planes correctly.
     for image, label in zip(images, labels):
@@ -52,11 +53,11 @@ def test_cifar_pickle_batches_are_read_in_channel_order(datasets_on_disk, tmp_pa
 def test_validation_split_is_seeded_and_stratified(datasets_on_disk, tmp_path):
     datasets_on_disk.cifar(tmp_path)
     a, b = loaded(root=str(tmp_path), seed=3), loaded(root=str(tmp_path), seed=3)
-    assert torch.equal(a.val_dataset.images, b.val_dataset.images)
-    counts = torch.bincount(a.val_dataset.labels, minlength=10)
+    assert torch.equal(a.val_dataset.fields["input"], b.val_dataset.fields["input"])
+    counts = torch.bincount(a.val_dataset.fields["target"], minlength=10)
     assert counts.min() == counts.max() == 2  # 20 validation images, 2 per class
     few = loaded(root=str(tmp_path), label_fraction=0.2)
-    assert len(few.train_dataset) == 36 and len(few.unlabeled_dataset) == 144
+    assert len(few.train_dataset) == 36 and len(few.unlabelled_dataset) == 144
 
 
 def test_missing_dataset_names_the_folder_and_the_files(tmp_path):
@@ -81,7 +82,9 @@ def test_unreachable_download_gives_the_same_kind_of_error(monkeypatch, tmp_path
 def test_on_device_path_serves_whole_uint8_batches(datasets_on_disk, tmp_path):
     datasets_on_disk.cifar(tmp_path)
     dm = loaded(root=str(tmp_path), batch_size=32, augment=Augmentation(crop_padding=4, horizontal_flip=True, on_device=True))
-    x, y = next(iter(dm.train_dataloader()))
+    batch = next(iter(dm.train_dataloader()))
+    x, y = batch["input"], batch["target"]
     assert x.shape == (32, 3, 32, 32) and x.dtype == torch.uint8 and y.shape == (32,)
-    out, _ = dm.on_after_batch_transfer((x, y), 0)
-    assert out.dtype == torch.float32 and out.shape == x.shape
+    after = dm.on_after_batch_transfer(batch, 0)
+    out = after["input"]
+    assert out.dtype == torch.float32 and out.shape == x.shape and torch.equal(after["target"], y)

@@ -1,10 +1,18 @@
-"""A user's mistake gets one clear line naming it, no traceback, and a non-zero exit."""
+"""A user's mistake gets one clear line naming it, no traceback, and a non-zero exit; a bug
+in litlab's own code keeps its traceback."""
 
 import pytest
 
 from experiments.cli import DEFAULTS
 
 CNN = str(DEFAULTS.parent / "digits" / "cnn.yaml")
+
+
+def one_error_line(code: int, err: str, message: str) -> None:
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("litlab: error:")]
+    assert len(errors) == 1 and message in errors[0], err[-2000:]
 
 
 @pytest.mark.parametrize(
@@ -19,21 +27,54 @@ CNN = str(DEFAULTS.parent / "digits" / "cnn.yaml")
         ),
         (["--config", CNN, "--model.init_args.backbone.init_args.activation=swish"], "model.backbone.activation"),
         (["--config", CNN, "--data.init_args.label_fraction=0"], "label_fraction must be in (0, 1]; got 0.0."),
+        (["--config", CNN, "--data.init_args.batch_size=0"], "batch_size must be at least 1; got 0."),
+        (["--config", CNN, "--model.init_args.backbone.init_args.channels=[]"], "CNN channels must name at least one"),
+        (["--config", CNN, "--model.schedule=onecycle", "--model.warmup_fraction=0"], "onecycle schedule must rise"),
         (["--config", CNN, "--ckpt_path=missing.ckpt"], "Checkpoint file not found: missing.ckpt"),
     ],
-    ids=["missing-file", "unknown-key", "wrong-type", "no-such-class", "bad-choice", "bad-value", "no-checkpoint"],
+    ids=[
+        "missing-file", "unknown-key", "wrong-type", "no-such-class", "bad-choice", "bad-value", "zero-batch",
+        "bad-backbone", "onecycle-without-warmup", "no-checkpoint",
+    ],
 )
-def test_user_error_is_one_clear_line(litlab, args, message):
-    result = litlab("fit", *args, timeout=120)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("litlab: error:")]
-    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+def test_user_error_is_one_clear_line(litlab_main, monkeypatch, args, message):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    one_error_line(*litlab_main("fit", *args)[::2], message)
 
 
-def test_unknown_key_in_a_config_file_names_the_key(litlab, tmp_path):
+def test_unknown_key_in_a_config_file_names_the_key(litlab_main, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  init_args:\n    lerning_rate: 0.1\n")
-    result = litlab("fit", "--config", CNN, "--config", str(bad), timeout=120)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "litlab: error: model: Option 'lerning_rate' is not accepted" in result.stderr
+    one_error_line(*litlab_main("fit", "--config", CNN, "--config", str(bad))[::2], "model: Option 'lerning_rate' is not accepted")
+
+
+def test_data_outside_the_contract_is_named(litlab_main, monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "my_data.py").write_text(
+        "import lightning as L\n\nclass Images(L.LightningDataModule):\n    input_shape = (1, 8, 8)\n"
+    )
+    code, _, err = litlab_main("fit", "--config", CNN, "--data=my_data.Images")
+    one_error_line(code, err, "Images does not follow litlab's data contract: it has no num_classes, vocab_size, example_input")
+
+
+def test_a_bug_while_building_classes_keeps_its_traceback(litlab_main, monkeypatch):
+    # A TypeError or ValueError inside our own constructors is a bug, not a configuration mistake.
+    def broken(name: str):
+        raise TypeError("a bug in litlab")
+
+    monkeypatch.setattr("models.backbones.cnn.make_activation", broken)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    with pytest.raises(Exception) as raised:  # jsonargparse may wrap it; the chain still holds the bug
+        litlab_main("fit", "--config", CNN, "--trainer.max_steps=1")
+    chain, err = [], raised.value
+    while err is not None:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    assert any(isinstance(e, TypeError) and str(e) == "a bug in litlab" for e in chain)
+
+
+def test_the_installed_command_exits_with_status_2_and_one_line(litlab):
+    # The one subprocess test: the console script itself, as a shell sees it.
+    result = litlab("fit", "--config", CNN, "--data.init_args.label_fraction=0", timeout=120)
+    one_error_line(result.returncode, result.stderr, "label_fraction must be in (0, 1]; got 0.0.")

@@ -7,29 +7,25 @@ import pytest
 import safetensors.torch
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
+from datamodules import DataModule, Splits, TensorSamples
 from models import Classifier
 from models.backbones import CNN, MLP
 from models.checkpoints import resolve_checkpoint, load_backbone, read_state_dict
 from models.lazy import has_lazy
 
 
-class TinyData(L.LightningDataModule):
-    input_shape = (6,)
-    num_classes = 3
+class TinyData(DataModule):
+    """Random 6-feature vectors in 3 classes: the contract and nothing else."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    num_classes = 3
+    example_input = torch.zeros(2, 6)
+
+    def load(self) -> Splits:
         generator = torch.Generator().manual_seed(0)
         x, y = torch.randn(32, 6, generator=generator), torch.randint(0, 3, (32,), generator=generator)
-        self.data = TensorDataset(x, y)
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.data, batch_size=8)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.data, batch_size=16)
+        data = TensorSamples(input=x, target=y)
+        return Splits(train=data, val=data, test=data)
 
 
 class SimCLRLike(nn.Module):
@@ -74,7 +70,7 @@ def test_a_lightning_checkpoint_loads_into_a_fresh_lazy_backbone():
         enable_model_summary=False,
         default_root_dir=".",
     )
-    trainer.fit(model, datamodule=TinyData())
+    trainer.fit(model, datamodule=TinyData(batch_size=8))
     (ckpt,) = Path("checkpoints").glob("*.ckpt")
 
     backbone = MLP(width=16)

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from datamodules import DigitsDataModule
 from models import Classifier
 from models.backbones import CNN, MLP
-from models.lazy import materialize
 
 
 def classifier(**kwargs) -> Classifier:
@@ -38,21 +37,6 @@ def test_losses_match_their_definitions():
 def test_contradictory_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         classifier(**kwargs)
-
-
-def test_dry_run_sizes_lazy_layers_without_touching_batch_norm_statistics():
-    backbone = CNN(channels=[8])
-    dm = DigitsDataModule()
-    materialize(backbone, dm)
-    assert backbone.features[0].weight.shape == (8, 1, 3, 3)
-    bn = backbone.features[1]
-    assert torch.equal(bn.running_mean, torch.zeros(8)) and bn.num_batches_tracked == 0
-    assert backbone.training
-
-
-def test_dry_run_needs_the_datamodule_to_declare_its_shape():
-    with pytest.raises(ValueError, match="declares no input_shape"):
-        materialize(MLP(), object())
 
 
 def test_fit_learns_and_predict_gives_classes_and_probabilities():

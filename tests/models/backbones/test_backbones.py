@@ -38,6 +38,29 @@ def test_registered_backbone_gives_features_and_gradients(
         assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
 
 
+@pytest.mark.parametrize(("cls", "kwargs", "kind", "shape"), CASES)
+def test_registered_backbone_gives_unpooled_features_that_pool_to_forward(
+    cls: type[nn.Module], kwargs: dict, kind: str, shape: tuple[int, ...]
+) -> None:
+    torch.manual_seed(0)
+    model = cls(**kwargs).eval()
+    x = make_input(kind, shape)
+    features = model.forward_features(x)
+    # Convolutional maps keep channels second, (B, C, H, W); sequences and patches keep them last, (B, T, F).
+    if features.ndim == 4:
+        assert features.shape[:2] == (2, model.out_features)
+    else:
+        assert features.shape[0] == 2 and features.shape[-1] == model.out_features
+    if kind in ("sequence", "tokens") and features.ndim == 3:
+        extra = 1 if getattr(model, "pool", None) == "cls" else 0
+        assert features.shape[1] == shape[1] + extra  # one feature vector per position
+    pooled = model(x)
+    if features.ndim == 4:
+        assert torch.allclose(pooled, features.mean(dim=(2, 3)), atol=1e-6)
+    elif getattr(model, "pool", None) == "mean":
+        assert torch.allclose(pooled, features.mean(dim=1), atol=1e-6)
+
+
 def test_every_backbone_declares_an_example() -> None:
     assert {"MLP", "CNN", "RNN", "Transformer"} <= set(BACKBONES)
     assert all(cls.examples and all(cls.examples.values()) for cls in BACKBONES.values())
@@ -46,20 +69,45 @@ def test_every_backbone_declares_an_example() -> None:
 @pytest.mark.parametrize("causal", [True, False])
 def test_transformer_causal_mask_hides_later_tokens(causal: bool) -> None:
     torch.manual_seed(0)
-    model = Transformer(input="tokens", vocab_size=10, causal=causal, pool="none").eval()
+    model = Transformer(input="tokens", vocab_size=10, causal=causal).eval()
     x = torch.randint(0, 10, (2, 8))
     changed = x.clone()
     changed[:, -1] = (x[:, -1] + 1) % 10
-    earlier_same = torch.allclose(model(x)[:, :-1], model(changed)[:, :-1], atol=1e-6)
+    earlier_same = torch.allclose(model.forward_features(x)[:, :-1], model.forward_features(changed)[:, :-1], atol=1e-6)
     assert earlier_same == causal
 
 
-@pytest.mark.parametrize(
-    ("pool", "shape"), [("mean", (2, 32)), ("cls", (2, 32)), ("last", (2, 32)), ("none", (2, 8, 32))]
-)
-def test_transformer_pool_shapes(pool: str, shape: tuple[int, ...]) -> None:
+@pytest.mark.parametrize(("pool", "causal"), [("mean", False), ("cls", False), ("last", True), ("last", False)])
+def test_transformer_padding_changes_nothing_for_the_real_tokens(pool: str, causal: bool) -> None:
+    torch.manual_seed(0)
+    model = Transformer(input="tokens", vocab_size=10, d_model=32, pool=pool, causal=causal).eval()
+    short = torch.randint(1, 10, (1, 5))
+    padded = torch.cat([short, torch.zeros(1, 3, dtype=torch.long)], dim=1)  # (1, 8), three padding tokens
+    mask = torch.tensor([[False] * 5 + [True] * 3])
+    assert torch.allclose(model(padded, padding_mask=mask), model(short), atol=1e-5)
+    start = 1 if pool == "cls" else 0
+    real = model.forward_features(padded, padding_mask=mask)[:, : start + 5]
+    assert torch.allclose(real, model.forward_features(short), atol=1e-5)
+    # Without the mask the padding is read as tokens and the result moves.
+    assert not torch.allclose(model(padded), model(short), atol=1e-3)
+
+
+def test_transformer_batch_of_different_lengths_equals_each_alone() -> None:
+    torch.manual_seed(0)
+    model = Transformer(input="tokens", vocab_size=10, d_model=32, causal=True, pool="last").eval()
+    a, b = torch.randint(1, 10, (1, 6)), torch.randint(1, 10, (1, 3))
+    batch = torch.cat([a, torch.cat([b, torch.zeros(1, 3, dtype=torch.long)], dim=1)])  # (2, 6)
+    mask = torch.tensor([[False] * 6, [False] * 3 + [True] * 3])
+    out = model(batch, padding_mask=mask)
+    assert torch.allclose(out[0], model(a)[0], atol=1e-5) and torch.allclose(out[1], model(b)[0], atol=1e-5)
+    assert torch.isfinite(model.forward_features(batch, padding_mask=mask)).all()
+
+
+@pytest.mark.parametrize("pool", ["mean", "cls", "last"])
+def test_transformer_pool_shapes(pool: str) -> None:
     model = Transformer(d_model=32, pool=pool)
-    assert model(torch.randn(2, 8, 5)).shape == shape
+    assert model(torch.randn(2, 8, 5)).shape == (2, 32)
+    assert model.forward_features(torch.randn(2, 8, 5)).shape == (2, 8 + (pool == "cls"), 32)
     assert model.out_features == 32
 
 
@@ -67,10 +115,7 @@ def test_transformer_last_pool_is_the_last_token() -> None:
     torch.manual_seed(0)
     model = Transformer(causal=True, pool="last").eval()
     x = torch.randn(2, 8, 5)
-    model.pool = "none"
-    tokens = model(x)
-    model.pool = "last"
-    assert torch.equal(model(x), tokens[:, -1])
+    assert torch.equal(model(x), model.forward_features(x)[:, -1])
 
 
 def test_transformer_rejects_bad_configs() -> None:
@@ -94,22 +139,22 @@ def test_transformer_cls_token_adds_one_position() -> None:
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_rnn_features_are_the_last_layers_outputs_at_every_step(cell: str) -> None:
+    torch.manual_seed(0)
+    model = RNN(cell, hidden_size=16, num_layers=2, bidirectional=True)
+    x = torch.randn(2, 8, 5)
+    features, pooled = model.forward_features(x), model(x)
+    assert features.shape == (2, 8, 32)
+    # The final states are the forward direction's last step and the backward direction's first.
+    assert torch.allclose(pooled, torch.cat([features[:, -1, :16], features[:, 0, 16:]], dim=1), atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_rnn_bidirectional_doubles_features(cell: str) -> None:
     one, two = RNN(cell, hidden_size=16), RNN(cell, hidden_size=16, num_layers=2, bidirectional=True)
     x = torch.randn(2, 8, 5)
     assert (one.out_features, two.out_features) == (16, 32)
     assert one(x).shape == (2, 16) and two(x).shape == (2, 32)
-
-
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_rnn_returns_the_last_layers_final_states(cell: str) -> None:
-    torch.manual_seed(0)
-    model = RNN(cell, hidden_size=16, num_layers=2, bidirectional=True)
-    x = torch.randn(2, 8, 5)
-    out = model(x)
-    seq, _ = model.rnn(model.project(x))  # (B, T, 2 * hidden): the last layer at every step
-    # Forward direction ends at the last step, backward direction at the first.
-    assert torch.allclose(out, torch.cat([seq[:, -1, :16], seq[:, 0, 16:]], dim=1))
 
 
 def test_rnn_summary_depends_on_early_steps() -> None:

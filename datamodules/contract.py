@@ -1,0 +1,106 @@
+"""The data contract: everything a task may ask of its DataModule, written down once.
+
+A DataModule serves batches as dicts with named fields (`Batch`) and declares what a task
+needs to build itself:
+
+- `num_classes`: the number of classes where there are labels (None where there are none);
+- `vocab_size`: the vocabulary size where the inputs are token ids (None otherwise);
+- `example_input`: a small batch of model input, on the CPU, from which lazy layers are sized;
+- which samples are labelled: a `target` of `IGNORE_INDEX` marks an unlabelled sample.
+
+`datamodules.DataModule` implements it; any LightningDataModule that has these attributes
+works with every task. `require` turns a missing piece into one clear sentence.
+"""
+
+from typing import Any, Protocol, TypedDict, runtime_checkable
+
+import torch
+
+from models.errors import ConfigError
+
+# The target of a sample without a label: PyTorch's own default `ignore_index`, so a cross
+# entropy skips such samples without being told, and a language model's unscored positions too.
+IGNORE_INDEX = -100
+
+
+class Batch(TypedDict, total=False):
+    """The fields a batch may carry; a DataModule fills those its data has.
+
+    input: what a backbone reads: images (B, C, H, W), feature sequences (B, T, F) or token ids (B, T).
+    views: several augmented versions of `input` (contrastive learning), each shaped like `input`.
+    target: class labels (B,), or per-position targets (B, T); IGNORE_INDEX where there is none.
+    padding_mask: (B, T) booleans, True at padding positions of token input.
+    """
+
+    input: torch.Tensor
+    views: list[torch.Tensor]
+    target: torch.Tensor
+    padding_mask: torch.Tensor
+
+
+@runtime_checkable
+class DataContract(Protocol):
+    num_classes: int | None
+    vocab_size: int | None
+
+    @property
+    def example_input(self) -> torch.Tensor: ...
+
+
+CONTRACT = ("num_classes", "vocab_size", "example_input")
+
+
+def check(datamodule: object) -> None:
+    """Raise one ConfigError naming every piece of the contract `datamodule` lacks."""
+    missing = [name for name in CONTRACT if not hasattr(datamodule, name)]
+    if missing:
+        raise ConfigError(
+            f"The data {type(datamodule).__name__} does not follow litlab's data contract: it has no "
+            f"{', '.join(missing)}; derive it from datamodules.DataModule or add them (see datamodules/contract.py)."
+        )
+
+
+def require(datamodule: object, name: str, task: str) -> Any:
+    """`datamodule.<name>`, which `task` cannot do without: a clear error when it is missing or None."""
+    check(datamodule)
+    value = getattr(datamodule, name)
+    if value is None:
+        raise ConfigError(
+            f"{task} needs {name} from its data, but {type(datamodule).__name__} gives none; "
+            f"use data that has it (a DataModule with {'labels' if name == 'num_classes' else name})."
+        )
+    return value
+
+
+def field(batch: Batch, name: str, task: str) -> Any:
+    """`batch[name]`, or one sentence saying which fields the data gave instead."""
+    if name not in batch:
+        raise ConfigError(
+            f"{task} reads the batch field '{name}', but the data gives {', '.join(map(repr, batch))}; "
+            + ("set data.augment.views: 2 for two views of each image." if name == "views"
+               else "check that the data suits this task.")
+        )
+    return batch[name]
+
+
+def labels_of(datamodule: object) -> int | None:
+    """The CLI's link from the data to a task's `num_classes`."""
+    check(datamodule)
+    return datamodule.num_classes
+
+
+def vocab_of(datamodule: object) -> int | None:
+    """The CLI's link from the data to a token backbone's `vocab_size`."""
+    check(datamodule)
+    return datamodule.vocab_size
+
+
+def request_reference_set(datamodule: object, task: str) -> None:
+    """Ask the data for its labelled training samples, without training-time augmentation, as
+    validation dataloader 0 (the validation set becomes dataloader 1)."""
+    if not hasattr(datamodule, "request_reference_set"):
+        raise ConfigError(
+            f"{task} needs a reference set of labelled training samples, which {type(datamodule).__name__} "
+            "cannot serve (it has no request_reference_set); derive it from datamodules.DataModule, or turn the monitor off."
+        )
+    datamodule.request_reference_set()

@@ -1,0 +1,113 @@
+"""What image DataModules add to the base: normalisation, augmentation on either path, views.
+
+A subclass's `load()` gives samples {"input": (C, H, W) uint8 or float in [0, 1], "target": label}
+and sets `mean` and `std`. Training samples are augmented by the recipe, either per sample
+in the loader or per batch on the model's device (`augment.on_device`); evaluation samples
+are only normalised. A recipe with `views > 1` serves the field `views` instead of `input`.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+
+import torch
+from torch.utils.data import Dataset
+
+from datamodules.base import BatchScope, DataModule, TensorSamples, Unlabelled
+from datamodules.contract import Batch
+from datamodules.transforms import Augmentation, BatchAugment, per_sample_transform
+
+
+def rows_as_sequence(x: torch.Tensor) -> torch.Tensor:
+    """An image, or a batch of them, read row by row: (..., C, H, W) -> (..., C * H, W)."""
+    return x.flatten(-3, -2)
+
+
+def as_fields(x: torch.Tensor | tuple[torch.Tensor, ...], view: Callable | None) -> Batch:
+    """Transformed image(s) as batch fields: one image is `input`, several views are `views`."""
+    if isinstance(x, tuple):
+        return {"views": [view(v) if view else v for v in x]}
+    return {"input": view(x) if view else x}
+
+
+class Transformed(Dataset):
+    """Samples with `transform`, then `view`, applied to their image; other fields pass through."""
+
+    def __init__(self, dataset: Dataset, transform: Callable, view: Callable | None) -> None:
+        self.dataset, self.transform, self.view = dataset, transform, view
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Batch:
+        sample = dict(self.dataset[i])
+        image = sample.pop("input")  # replaced by `views` when the recipe makes several
+        return {**sample, **as_fields(self.transform(image), self.view)}
+
+
+class ImageDataModule(DataModule):
+    """Subclasses set `num_classes` and `input_shape`, and implement `load()`, which sets `mean` and `std`.
+
+    `reshape` (None for images) turns images into what the model sees, per sample or per batch alike.
+    """
+
+    mean: Sequence[float]
+    std: Sequence[float]
+    reshape: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __init__(
+        self,
+        augment: Augmentation | None = None,
+        val_fraction: float = 0.1,
+        label_fraction: float = 1.0,
+        unlabelled: Unlabelled = "drop",
+        batch_size: int = 64,
+        batch_scope: BatchScope = "device",
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(val_fraction, label_fraction, unlabelled, batch_size, batch_scope, num_workers, seed)
+        self.augment = augment
+        self._generator: torch.Generator | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one sample as the model sees it (after `reshape`)."""
+        raise NotImplementedError
+
+    @property
+    def example_input(self) -> torch.Tensor:
+        return torch.zeros(2, *self.input_shape)
+
+    def record_augment(self) -> None:
+        """Keep the recipe in the hyperparameters as a plain dict: checkpoints then hold no
+        pickled class, so they load with weights_only=True."""
+        self.hparams["augment"] = None if self.augment is None else asdict(self.augment)
+
+    @property
+    def on_device(self) -> bool:
+        return self.augment is not None and self.augment.on_device
+
+    def transform(self, dataset: Dataset, train: bool) -> Dataset:
+        if self.on_device:
+            return dataset  # raw batches are sliced from the tensor and augmented on the device
+        transform = per_sample_transform(self.augment, self.mean, self.std, train=train)
+        if isinstance(dataset, TensorSamples) and not (train and self.augment is not None):
+            # A fixed transform is applied to the whole tensor once; batches are then slices of it.
+            fields = dataset.fields
+            return TensorSamples(**{**fields, **as_fields(transform(fields["input"]), self.reshape)})
+        return Transformed(dataset, transform, self.reshape)
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        if not self.on_device:
+            return batch
+        batch = dict(batch)
+        x = batch.pop("input")
+        if not hasattr(self, "batch_augment"):
+            self.batch_augment = BatchAugment(self.augment, self.mean, self.std)
+        if self._generator is None or self._generator.device != x.device:
+            # Seeded per rank: repeatable runs, and every rank augments differently.
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            self._generator = torch.Generator(device=x.device).manual_seed(self.seed + rank)
+        training = self.trainer is not None and self.trainer.training
+        out = self.batch_augment.to(x.device)(x, train=training, generator=self._generator)
+        return {**batch, **as_fields(out, self.reshape)}

@@ -1,0 +1,78 @@
+"""Task: what every way of learning shares, written once.
+
+A task (Classifier, SimCLR, FineTune, and the distillation, language-model and image-text
+tasks to come) is a LightningModule that takes its networks as arguments. This base gives
+each of them:
+
+- sizing of lazy layers from the data contract's `example_input`, in `setup`;
+- the optimizer / schedule / warmup arguments, and `configure_optimizers` through `models/optim.py`;
+- per-part learning-rate scales (`self.lr_scales`) and parts trained without weight decay (`self.no_decay`);
+- reusable parts: `load_part` fills a submodule from a checkpoint, strictly and safely, and
+  `freeze` keeps a submodule fixed (no gradients, no optimizer state, eval mode for the whole run).
+"""
+
+import os
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+
+from datamodules import contract
+from models.checkpoints import load_pretrained
+from models.lazy import has_lazy, materialize
+from models.optim import Schedule, check_schedule, configure_optimization
+
+
+class Task(L.LightningModule):
+    def __init__(
+        self, optimizer: OptimizerCallable, schedule: Schedule = "constant", warmup_fraction: float | None = None
+    ) -> None:
+        super().__init__()
+        check_schedule(schedule, warmup_fraction)
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.warmup_fraction = warmup_fraction
+        self.lr_scales: dict[str, float] = {}
+        self.no_decay: set[str] = set()
+        self.frozen: list[str] = []
+
+    # ---- parts ----
+
+    def load_part(self, name: str, checkpoint: str | os.PathLike, prefix: str | None = None) -> None:
+        """Fill submodule `name` from `checkpoint` (file or run folder); keys under `prefix`, found when None."""
+        load_pretrained(self.get_submodule(name), checkpoint, prefix)
+
+    def freeze(self, name: str) -> None:
+        """Submodule `name` stops learning for good: no gradients (so no optimizer state and no
+        DDP gradient sync) and eval mode (dropout off, batch-norm statistics untouched)."""
+        self.get_submodule(name).requires_grad_(False).eval()
+        if name not in self.frozen:
+            self.frozen.append(name)
+
+    def train(self, mode: bool = True) -> "Task":
+        # Whoever puts the task in train mode (the trainer does, every epoch), frozen parts stay in eval mode.
+        super().train(mode)
+        for name in self.frozen:
+            self.get_submodule(name).eval()
+        return self
+
+    # ---- sizing ----
+
+    def setup(self, stage: str) -> None:
+        if has_lazy(self):
+            datamodule = self.trainer.datamodule
+            contract.check(datamodule)
+            materialize(self, datamodule.example_input, self.dry_run)
+
+    def dry_run(self, example: torch.Tensor) -> None:
+        """The pass that sizes lazy layers; a task whose parts read different inputs overrides it."""
+        self(example)
+
+    # ---- optimisation ----
+
+    def configure_optimizers(self):
+        steps = int(self.trainer.estimated_stepping_batches)
+        return configure_optimization(
+            self, self.optimizer, self.schedule, steps, self.warmup_fraction, self.lr_scales, self.no_decay
+        )
+

@@ -1,0 +1,70 @@
+"""Loss functions against their definitions, written one sample at a time."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from models.losses import nt_xent
+
+
+def nt_xent_by_hand(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The paper's definition, one anchor at a time."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n, b = len(z), len(z1)
+    losses = []
+    for i in range(n):
+        j = (i + b) % n
+        others = [k for k in range(n) if k != i]
+        similarity = torch.stack([z[i] @ z[k] for k in others]) / temperature
+        positive = z[i] @ z[j] / temperature
+        losses.append(-(positive - torch.logsumexp(similarity, dim=0)))
+    return torch.stack(losses).mean()
+
+
+def test_nt_xent_matches_the_definition():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(5, 8), torch.randn(5, 8)
+    for t in (0.1, 0.5, 1.0):
+        assert nt_xent(z1, z2, t) == pytest.approx(nt_xent_by_hand(z1, z2, t).item(), rel=1e-5)
+    # Identical views are the easiest positives: a lower loss than unrelated ones.
+    assert nt_xent(z1, z1.clone(), 0.5) < nt_xent(z1, z2, 0.5)
+
+
+def _ranks(rank: int, world: int, port: int, z1: torch.Tensor, z2: torch.Tensor, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    b = len(z1) // world
+    mine1 = z1[rank * b : (rank + 1) * b].clone().requires_grad_()
+    mine2 = z2[rank * b : (rank + 1) * b].clone().requires_grad_()
+    from torch.distributed.nn.functional import all_gather  # keeps gradients, as Lightning's all_gather(sync_grads=True)
+
+    loss = nt_xent(mine1, mine2, 0.5, lambda z: torch.cat(all_gather(z)), rank)
+    loss.backward()
+    total = loss.detach().clone()
+    dist.all_reduce(total)
+    out[rank] = (total.item() / world, mine1.grad.clone(), mine2.grad.clone())
+    dist.destroy_process_group()
+
+
+def test_negatives_gathered_across_two_processes_give_the_single_process_loss():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(8, 16), torch.randn(8, 16)
+    whole1, whole2 = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    expected = nt_xent(whole1, whole2, 0.5)
+    expected.backward()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_ranks, args=(2, port, z1, z2, out), nprocs=2, join=True)
+    assert out[0][0] == pytest.approx(expected.item(), rel=1e-5)
+    # DDP averages gradients over ranks: each rank's gradient times 1/world must match its slice.
+    for rank in (0, 1):
+        grad1, grad2 = out[rank][1] / 2, out[rank][2] / 2
+        assert torch.allclose(grad1, whole1.grad[rank * 4 : (rank + 1) * 4], atol=1e-6)
+        assert torch.allclose(grad2, whole2.grad[rank * 4 : (rank + 1) * 4], atol=1e-6)
