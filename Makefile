@@ -1,4 +1,4 @@
-# Two commands on a fresh machine: `make train` and `make test`.
+# Two commands on a fresh machine: `make train` and `make test` (`make test-fast` to iterate).
 # Each builds .venv on first use and reinstalls only when pyproject.toml changes.
 PYTHON ?= python3
 VENV := .venv
@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXPERIMENT ?= experiments/digits/cnn.yaml
 
-.PHONY: train test bench clean
+.PHONY: train test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,9 +19,14 @@ train: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Everything not marked slow (no learning claims, no subprocess runs): the tier for iteration.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/digits.py
 	$(BIN)/python benchmarks/augmentation.py
+	$(BIN)/python benchmarks/overhead.py
 
 clean:
 	rm -rf runs wandb lightning_logs .pytest_cache

@@ -90,8 +90,15 @@ class LitlabArgumentParser(LightningArgumentParser):
 class LoggerSaveConfigCallback(SaveConfigCallback):
     """Saves config.yaml in the run directory, and logs the whole resolved config to every logger."""
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._log_dir = trainer.log_dir  # a collective under DDP: every rank asks here, not in save_config
+        super().setup(trainer, pl_module, stage)
+
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        saved = Path(self._log_dir or ".", self.config_filename)
+        # The file the parent just wrote holds the same dump; reading it back costs far less than a second dump.
+        text = saved.read_text() if self.save_to_log_dir and saved.is_file() else self.parser.dump(self.config, skip_none=False)
+        config = yaml.safe_load(text)
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": config})
 

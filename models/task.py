@@ -44,8 +44,12 @@ class Task(L.LightningModule):
 
     def freeze(self, name: str) -> None:
         """Submodule `name` stops learning for good: no gradients (so no optimizer state and no
-        DDP gradient sync) and eval mode (dropout off, batch-norm statistics untouched)."""
-        self.get_submodule(name).requires_grad_(False).eval()
+        DDP gradient sync) and eval mode (dropout off, batch-norm statistics untouched).
+        A part with lazy layers is frozen once they are sized, in `setup`."""
+        part = self.get_submodule(name)
+        part.eval()
+        if not has_lazy(part):
+            part.requires_grad_(False)
         if name not in self.frozen:
             self.frozen.append(name)
 
@@ -63,6 +67,8 @@ class Task(L.LightningModule):
             datamodule = self.trainer.datamodule
             contract.check(datamodule)
             materialize(self, datamodule.example_input, self.dry_run)
+            for name in self.frozen:
+                self.get_submodule(name).requires_grad_(False)
 
     def dry_run(self, example: torch.Tensor) -> None:
         """The pass that sizes lazy layers; a task whose parts read different inputs overrides it."""

@@ -10,6 +10,7 @@ from experiments.cli import DEFAULTS
 
 EXPERIMENTS = DEFAULTS.parent
 MLP = str(EXPERIMENTS / "digits" / "mlp.yaml")
+pytestmark = pytest.mark.slow  # real subprocesses
 QUICK = ["--trainer.max_epochs=2", "--trainer.enable_progress_bar=false"]
 
 

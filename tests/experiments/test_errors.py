@@ -74,6 +74,7 @@ def test_a_bug_while_building_classes_keeps_its_traceback(litlab_main, monkeypat
     assert any(isinstance(e, TypeError) and str(e) == "a bug in litlab" for e in chain)
 
 
+@pytest.mark.slow
 def test_the_installed_command_exits_with_status_2_and_one_line(litlab):
     # The one subprocess test: the console script itself, as a shell sees it.
     result = litlab("fit", "--config", CNN, "--data.init_args.label_fraction=0", timeout=120)

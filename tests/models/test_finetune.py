@@ -96,3 +96,12 @@ def test_a_checkpoint_of_another_architecture_is_refused_by_name(trained_cnn):
         FineTune(backbone=MLP(width=16), num_classes=10, checkpoint=files["pt"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         FineTune(backbone=CNN(channels=[8]), num_classes=10, checkpoint="nowhere.ckpt")
+
+
+def test_linear_mode_freezes_a_backbone_whose_first_layer_is_sized_by_the_data():
+    # With no checkpoint the lazy first layer has no shape until setup; it must still end frozen.
+    L.seed_everything(0)
+    model = FineTune(backbone=CNN(channels=[8]), num_classes=10, checkpoint=None, mode="linear")
+    trainer(max_steps=2).fit(model, datamodule=DigitsDataModule())
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.head.parameters()) and not model.backbone.training

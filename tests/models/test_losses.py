@@ -51,6 +51,7 @@ def _ranks(rank: int, world: int, port: int, z1: torch.Tensor, z2: torch.Tensor,
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_negatives_gathered_across_two_processes_give_the_single_process_loss():
     torch.manual_seed(0)
     z1, z2 = torch.randn(8, 16), torch.randn(8, 16)
