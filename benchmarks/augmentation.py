@@ -14,7 +14,8 @@ import time
 
 import torch
 
-from datamodules.base import ImageDataModule, TensorImages
+from datamodules.base import Splits, TensorSamples
+from datamodules.images import ImageDataModule
 from datamodules.transforms import Augmentation
 
 
@@ -33,16 +34,17 @@ class Generated(ImageDataModule):
         images = torch.randint(0, 256, (self.images, 3, 32, 32), dtype=torch.uint8, generator=generator)
         labels = torch.arange(self.images) % 10
         self.mean, self.std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
-        return TensorImages(images, labels), labels, TensorImages(images[:512], labels[:512]), TensorImages(images[:512], labels[:512])
+        held_out = TensorSamples(input=images[:512], target=labels[:512])
+        return Splits(train=TensorSamples(input=images, target=labels), val=held_out, test=held_out, labels=labels)
 
 
 def epoch_rate(dm: Generated, device: torch.device) -> float:
-    dm.setup("fit")
+    dm.setup()
     loader = dm.train_dataloader()
     count, start = 0, time.perf_counter()
     for batch in loader:
-        x, y = dm.on_after_batch_transfer((batch[0].to(device), batch[1].to(device)), 0)
-        count += len(y)
+        batch = dm.on_after_batch_transfer({name: t.to(device) for name, t in batch.items()}, 0)
+        count += len(batch["target"])
     if device.type == "cuda":
         torch.cuda.synchronize()
     return count / (time.perf_counter() - start)

@@ -98,9 +98,11 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
         saved = Path(self._log_dir or ".", self.config_filename)
         # The file the parent just wrote holds the same dump; reading it back costs far less than a second dump.
         text = saved.read_text() if self.save_to_log_dir and saved.is_file() else self.parser.dump(self.config, skip_none=False)
-        config = yaml.safe_load(text)
+        config = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        # The CSV logger's run directory already holds config.yaml; its hparams.yaml would be a slow second copy.
         for logger in trainer.loggers:
-            logger.log_hyperparams({"config": config})
+            if not isinstance(logger, CSVLogger):
+                logger.log_hyperparams({"config": config})
 
 
 class LitlabCLI(LightningCLI):
