@@ -129,6 +129,13 @@ class LitlabCLI(LightningCLI):
         parser.link_arguments("data", "model.init_args.num_classes", compute_fn=contract.labels_of, **link)
         parser.link_arguments("data", "model.init_args.backbone.init_args.vocab_size", compute_fn=contract.vocab_of, **link)
 
+    def _parse_ckpt_path(self) -> None:
+        # Lightning would read the model's class and arguments from the checkpoint named by
+        # --ckpt_path and build that instead (importing whatever module it names). Here the
+        # configuration alone says what is built: a checkpoint only gives weights and state,
+        # so a distilled student's checkpoint tests under the student's own Classifier config.
+        return
+
     def before_instantiate_classes(self) -> None:
         # `--trainer.enable_progress_bar=false` should just work, although defaults.yaml adds a bar.
         trainer = self.config[self.subcommand].trainer if self.subcommand else self.config.trainer

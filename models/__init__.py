@@ -8,6 +8,7 @@ from importlib import import_module
 
 TASKS = {
     "Classifier": "models.classifier",
+    "Distill": "models.distill",
     "FineTune": "models.finetune",
     "SimCLR": "models.pretrain",
     "Task": "models.task",

@@ -36,3 +36,21 @@ def nt_xent(
     self_pair[torch.arange(2 * b, device=z1.device), own] = True
     logits = logits.masked_fill(self_pair, float("-inf"))  # an embedding never counts as its own partner
     return F.cross_entropy(logits, partner)
+
+
+def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al. (2015): KL(teacher || student) between distributions softened by `temperature`,
+    averaged over the batch and scaled by T², so its gradients keep their size as T changes.
+
+    student_logits, teacher_logits: (B, C). The teacher's side carries no gradient.
+    """
+    t = temperature
+    teacher = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
+    student = F.log_softmax(student_logits.float() / t, dim=-1)
+    return F.kl_div(student, teacher, reduction="batchmean", log_target=True) * t * t
+
+
+def hint_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+    """FitNets (Romero et al., 2015): the mean squared error between the student's features,
+    already mapped to the teacher's width by a learned regressor, and the teacher's features."""
+    return F.mse_loss(student_features.float(), teacher_features.detach().float())

@@ -44,9 +44,32 @@ def local_inputs(path, tmp_path, datasets_on_disk) -> list[str]:
     """Flags that point an experiment's data at a small copy written in the real format, and a
     fine-tuning recipe at no pretrained file (the loading itself is tested in tests/models)."""
     config = yaml.safe_load(path.read_text())
-    if config.get("model", {}).get("class_path") == "models.FineTune":
+    task = config.get("model", {}).get("class_path")
+    if task == "models.FineTune":
         return ["--model.init_args.checkpoint=null", *local_data(config, tmp_path, datasets_on_disk)]
+    if task == "models.Distill":
+        teacher = write_teacher(config, tmp_path / "teacher.pt")
+        return [f"--model.init_args.teacher_checkpoint={teacher}", *local_data(config, tmp_path, datasets_on_disk)]
     return local_data(config, tmp_path, datasets_on_disk)
+
+
+def write_teacher(config: dict, path) -> str:
+    """A randomly initialised teacher of the experiment's own architecture, saved as backbone.* / head.*."""
+    import importlib
+
+    import torch
+
+    from models import Classifier
+
+    spec = config["model"]["init_args"]["teacher"]
+    module, _, name = spec["class_path"].rpartition(".")
+    backbone = getattr(importlib.import_module(module), name)(**spec.get("init_args", {}))
+    data = config.get("data", {})
+    channels = 3 if data.get("class_path") in ("datamodules.VisionDataModule", "datamodules.FolderDataModule") else 1
+    size = {"datamodules.VisionDataModule": 32, "datamodules.FolderDataModule": 64}.get(data.get("class_path"), 8)
+    backbone.eval()(torch.zeros(2, channels, size, size))  # size its lazy layers
+    torch.save(Classifier(backbone=backbone, num_classes=10).state_dict(), path)
+    return str(path)
 
 
 def local_data(config: dict, tmp_path, datasets_on_disk) -> list[str]:

@@ -25,3 +25,33 @@ def test_ddp_fit_on_two_cpu_processes_makes_one_run(litlab, wandb_run, tmp_path)
     (run_dir,) = (tmp_path / "runs" / "wandb").glob("offline-run-*")
     history = wandb_run(run_dir)["history"]
     assert len([row for row in history if "val/acc" in row]) == 2
+
+
+@pytest.mark.slow
+def test_distillation_on_two_cpu_processes_completes_and_saves_the_student_alone(litlab, tmp_path):
+    import torch
+
+    from models import Classifier
+    from models.backbones import CNN
+
+    torch.manual_seed(0)
+    teacher = Classifier(backbone=CNN(channels=[32, 64]), num_classes=10)
+    teacher.backbone.eval()(torch.zeros(2, 1, 8, 8))
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    result = litlab(
+        "fit",
+        "--config", str(DEFAULTS.parent / "digits" / "distill.yaml"),
+        f"--model.teacher_checkpoint={tmp_path / 'teacher.pt'}",
+        "--trainer.strategy=ddp",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.max_epochs=2",
+        "--trainer.enable_progress_bar=false",
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("test/teacher_acc = ") == 1  # rank zero alone reports
+    assert "Global batch size 128 = 64 per device x 2 process(es)" in result.stderr + result.stdout
+    (best,) = (tmp_path / "runs" / "digits-distill" / "version_0" / "checkpoints").glob("epoch*.ckpt")
+    state = torch.load(best, weights_only=True)["state_dict"]
+    assert {k.split(".")[0] for k in state} == {"backbone", "head"}  # the student's, no teacher weight

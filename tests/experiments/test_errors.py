@@ -79,3 +79,53 @@ def test_the_installed_command_exits_with_status_2_and_one_line(litlab):
     # The one subprocess test: the console script itself, as a shell sees it.
     result = litlab("fit", "--config", CNN, "--data.init_args.label_fraction=0", timeout=120)
     one_error_line(result.returncode, result.stderr, "label_fraction must be in (0, 1]; got 0.0.")
+
+
+DISTILL = str(DEFAULTS.parent / "digits" / "distill.yaml")
+
+
+def saved_classifier(path, backbone, classes: int) -> str:
+    import torch
+
+    from models import Classifier
+
+    backbone.eval()(torch.zeros(2, 1, 8, 8))  # size the lazy first layer
+    torch.save(Classifier(backbone=backbone, num_classes=classes).state_dict(), path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: __import__("models.backbones", fromlist=["CNN"]).CNN(channels=[32, 64]), "classifies 5 classes but the data has 10"),
+        (lambda: __import__("models.backbones", fromlist=["MLP"]).MLP(width=32), "does not match CNN under prefix 'backbone.'"),
+    ],
+    ids=["class-count", "architecture"],
+)
+def test_a_wrong_teacher_is_one_clear_line(litlab_main, monkeypatch, tmp_path, make, message):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    classes = 5 if "classes" in message else 10
+    teacher = saved_classifier(tmp_path / "teacher.pt", make(), classes)
+    one_error_line(*litlab_main("fit", "--config", DISTILL, f"--model.teacher_checkpoint={teacher}")[::2], message)
+
+
+def test_a_checkpoint_never_chooses_what_is_built(litlab_main, monkeypatch, tmp_path):
+    # Lightning's CLI would import the class a checkpoint's hyperparameters name, running its
+    # module's code; litlab builds what the config says and takes only weights from the file.
+    import torch
+
+    from models import Classifier
+    from models.backbones import MLP
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "planted.py").write_text("import pathlib\npathlib.Path('imported.txt').write_text('ran')\nclass Model: ...\n")
+    model = Classifier(backbone=MLP(depth=2, width=256, dropout=0.2), num_classes=10)
+    model.backbone(torch.zeros(2, 1, 8, 8))
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": {"_class_path": "planted.Model"},
+                  "pytorch-lightning_version": "2.6.6"}
+    torch.save(checkpoint, tmp_path / "planted.ckpt")
+    code, out, err = litlab_main("test", "--config", str(DEFAULTS.parent / "digits" / "mlp.yaml"),
+                                 f"--ckpt_path={tmp_path / 'planted.ckpt'}", "--trainer.enable_progress_bar=false")
+    assert code == 0, err[-2000:]
+    assert not (tmp_path / "imported.txt").exists() and "test/acc = " in out
