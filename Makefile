@@ -17,11 +17,11 @@ train: $(STAMP)
 	$(BIN)/litlab fit --config $(EXPERIMENT)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 # Everything not marked slow (no learning claims, no subprocess runs): the tier for iteration.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n auto -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/digits.py

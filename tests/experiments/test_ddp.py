@@ -4,17 +4,19 @@ import pytest
 
 from experiments.cli import DEFAULTS
 
+# Two gloo processes on the CPU, through the real command: plain ddp relaunches it.
+TWO_PROCESSES = [
+    "--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.enable_progress_bar=false"
+]
+
 
 @pytest.mark.slow
 def test_ddp_fit_on_two_cpu_processes_makes_one_run(litlab, wandb_run, tmp_path):
     result = litlab(
         "fit",
         "--config", str(DEFAULTS.parent / "digits" / "mlp.yaml"),
-        "--trainer.strategy=ddp",
-        "--trainer.accelerator=cpu",
-        "--trainer.devices=2",
+        *TWO_PROCESSES,
         "--trainer.max_epochs=2",
-        "--trainer.enable_progress_bar=false",
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -42,11 +44,8 @@ def test_distillation_on_two_cpu_processes_completes_and_saves_the_student_alone
         "fit",
         "--config", str(DEFAULTS.parent / "digits" / "distill.yaml"),
         f"--model.teacher_checkpoint={tmp_path / 'teacher.pt'}",
-        "--trainer.strategy=ddp",
-        "--trainer.accelerator=cpu",
-        "--trainer.devices=2",
+        *TWO_PROCESSES,
         "--trainer.max_epochs=2",
-        "--trainer.enable_progress_bar=false",
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
