@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from datamodules import contract
+from models.checkpoints import resolve_checkpoint
 from models.errors import ConfigError
 
 DEFAULTS = Path(__file__).with_name("defaults.yaml")
@@ -67,6 +68,35 @@ def summarize_parser_error(message: str) -> str:
     if given and given not in detail and "NestedArg" not in given and not given.startswith("{"):
         detail = f"{detail} (got {given!r})"
     return f"{where}: {detail or 'invalid value'}"
+
+
+EVALUATE = ("validate", "test", "predict")
+
+# Run directories claimed by this process, removed again if the run is refused before writing anything.
+CLAIMED: list[Path] = []
+
+
+def claim_version(root: Path) -> int:
+    """The next free version_N under `root`, created atomically: a directory made by os.mkdir
+    belongs to exactly one process, however many start at the same moment."""
+    root.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name.split("_")[1]) for p in root.glob("version_*") if p.name.split("_")[1].isdigit()]
+    version = max(taken, default=-1) + 1
+    while True:
+        try:
+            (root / f"version_{version}").mkdir()
+        except FileExistsError:
+            version += 1
+            continue
+        CLAIMED.append(root / f"version_{version}")
+        return version
+
+
+def run_root(config) -> Path:
+    """Where this experiment's runs are filed: <logger save_dir>/<run name, else project>."""
+    logger = config.trainer.get("logger")
+    init = logger.get("init_args", {}) if hasattr(logger, "get") else {}
+    return Path(init.get("save_dir") or ".", init.get("name") or init.get("project") or "lightning_logs")
 
 
 def config_error_in(err: BaseException) -> ConfigError | None:
@@ -137,10 +167,37 @@ class LitlabCLI(LightningCLI):
         return
 
     def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
         # `--trainer.enable_progress_bar=false` should just work, although defaults.yaml adds a bar.
-        trainer = self.config[self.subcommand].trainer if self.subcommand else self.config.trainer
+        trainer = config.trainer
         if trainer.enable_progress_bar is False and trainer.callbacks:
             trainer.callbacks = [c for c in trainer.callbacks if not c.class_path.endswith("ProgressBar")]
+        if self.subcommand:
+            config.ckpt_path = self._resolve_ckpt_path(config)
+
+    def _resolve_ckpt_path(self, config) -> str | None:
+        """A run folder stands for its newest last.ckpt, `last` for the newest last.ckpt of this
+        experiment's runs; evaluating without a checkpoint would score untrained weights."""
+        path = config.get("ckpt_path")
+        if path is None:
+            if self.subcommand in EVALUATE and not config.trainer.get("fast_dev_run"):
+                raise ConfigError(
+                    f"litlab {self.subcommand} needs --ckpt_path (a .ckpt file, a run folder, or last for this "
+                    "experiment's newest last.ckpt); without one it would evaluate untrained weights."
+                )
+            return None
+        if path == "last":
+            root = run_root(config)
+            try:
+                return str(resolve_checkpoint(root))
+            except (FileNotFoundError, ConfigError):
+                raise ConfigError(
+                    f"--ckpt_path last: no last.ckpt under {root}; this experiment has not saved a run there yet, "
+                    "so give the checkpoint's path instead."
+                ) from None
+        if Path(path).is_dir():
+            return str(resolve_checkpoint(path))
+        return path
 
     def instantiate_classes(self) -> None:
         try:
@@ -159,7 +216,10 @@ class LitlabCLI(LightningCLI):
         if isinstance(logger, WandbLogger):
             # Local runs are filed under the W&B run name when there is one: runs/<name>/version_N.
             name = self._get(self.config, "trainer").logger.init_args.get("name") or logger.name
-            kwargs.setdefault("logger", [CSVLogger(save_dir=logger.save_dir or ".", name=name), logger])
+            # Rank zero claims its run directory at once, so two runs started together never share one;
+            # the other ranks follow rank zero's (Lightning broadcasts the log and checkpoint folders).
+            version = claim_version(Path(logger.save_dir or ".", name)) if rank_zero_only.rank == 0 else None
+            kwargs.setdefault("logger", [CSVLogger(save_dir=logger.save_dir or ".", name=name, version=version), logger])
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
@@ -219,6 +279,11 @@ def main(args: list[str] | None = None) -> None:
         LitlabCLI(args=args)
     except (ConfigError, MisconfigurationException, FileNotFoundError) as err:
         print(f"litlab: error: {err}", file=sys.stderr)
+        for folder in CLAIMED:  # a refused run leaves no empty run directory behind
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        if wandb.run is not None:
+            wandb.finish(exit_code=2)
         sys.exit(2)
 
 

@@ -9,3 +9,7 @@ calls litlab directly can still catch a bad value as a ValueError.
 
 class ConfigError(ValueError):
     """A configuration mistake, stated as one sentence that names the setting and the fix."""
+
+
+class NonFiniteLoss(ConfigError):
+    """The loss became NaN or infinite: almost always a learning rate, warmup or precision to change."""

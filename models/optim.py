@@ -7,6 +7,7 @@ derived from the run (`trainer.estimated_stepping_batches`), not typed into a co
 
 from typing import Literal
 
+import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, OneCycleLR, SequentialLR
@@ -31,6 +32,15 @@ def check_schedule(schedule: Schedule, warmup_fraction: float | None) -> None:
             "The onecycle schedule must rise before it falls: set warmup_fraction in (0, 1), "
             f"or leave it unset for {ONECYCLE_WARMUP}."
         )
+
+
+def check_optimizer(optimizer: OptimizerCallable) -> None:
+    """Build the optimizer once on a stand-in parameter, so that an argument torch refuses (a
+    negative learning rate, say) is reported when the config is read, before a run starts."""
+    try:
+        optimizer([nn.Parameter(torch.zeros(1))])
+    except ValueError as err:
+        raise ConfigError(f"model.optimizer: {err}; choose a valid value.") from None
 
 
 def parameter_groups(

@@ -19,8 +19,9 @@ from lightning.pytorch.cli import OptimizerCallable
 
 from datamodules import contract
 from models.checkpoints import load_pretrained
+from models.errors import NonFiniteLoss
 from models.lazy import has_lazy, materialize
-from models.optim import Schedule, check_schedule, configure_optimization
+from models.optim import Schedule, check_optimizer, check_schedule, configure_optimization
 
 
 class Task(L.LightningModule):
@@ -29,6 +30,7 @@ class Task(L.LightningModule):
     ) -> None:
         super().__init__()
         check_schedule(schedule, warmup_fraction)
+        check_optimizer(optimizer)
         self.optimizer = optimizer
         self.schedule = schedule
         self.warmup_fraction = warmup_fraction
@@ -73,6 +75,19 @@ class Task(L.LightningModule):
     def dry_run(self, example: torch.Tensor) -> None:
         """The pass that sizes lazy layers; a task whose parts read different inputs overrides it."""
         self(example)
+
+    # ---- a diverging run stops before it writes anything ----
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        # Before backward and the optimizer step, so the weights stay those of the last finite
+        # step and no checkpoint with non-finite weights can be written. One scalar sync a step.
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(
+                f"The training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
+                "training stopped and the checkpoints written before it are kept. Lower the learning rate, add "
+                "warmup or gradient clipping (--trainer.gradient_clip_val), or train in 32-bit precision if this "
+                "ran in 16-bit."
+            )
 
     # ---- optimisation ----
 

@@ -1,6 +1,8 @@
 """A user's mistake gets one clear line naming it, no traceback, and a non-zero exit; a bug
 in litlab's own code keeps its traceback."""
 
+from pathlib import Path
+
 import pytest
 
 from experiments.cli import DEFAULTS
@@ -31,15 +33,51 @@ def one_error_line(code: int, err: str, message: str) -> None:
         (["--config", CNN, "--model.init_args.backbone.init_args.channels=[]"], "CNN channels must name at least one"),
         (["--config", CNN, "--model.schedule=onecycle", "--model.warmup_fraction=0"], "onecycle schedule must rise"),
         (["--config", CNN, "--ckpt_path=missing.ckpt"], "Checkpoint file not found: missing.ckpt"),
+        (["--config", CNN, "--ckpt_path=last"], "--ckpt_path last: no last.ckpt under runs/digits-cnn"),
+        (["--config", CNN, "--model.optimizer.lr=-0.1"], "model.optimizer: Invalid learning rate: -0.1"),
+        (["--config", CNN, "--model.optimizer.lr=1e6"], "The training loss became nan at step"),
     ],
     ids=[
         "missing-file", "unknown-key", "wrong-type", "no-such-class", "bad-choice", "bad-value", "zero-batch",
-        "bad-backbone", "onecycle-without-warmup", "no-checkpoint",
+        "bad-backbone", "onecycle-without-warmup", "no-checkpoint", "no-last-checkpoint", "negative-lr", "diverging-lr",
     ],
 )
 def test_user_error_is_one_clear_line(litlab_main, monkeypatch, args, message):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     one_error_line(*litlab_main("fit", *args)[::2], message)
+    # A refused run leaves no empty run directory behind.
+    assert not [d for d in Path("runs").glob("*/version_*") if not any(d.iterdir())]
+
+
+@pytest.mark.parametrize("subcommand", ["test", "predict", "validate"])
+def test_evaluating_without_a_checkpoint_is_refused(litlab_main, monkeypatch, subcommand):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    one_error_line(*litlab_main(subcommand, "--config", CNN)[::2], f"litlab {subcommand} needs --ckpt_path")
+
+
+def test_a_diverging_run_keeps_its_earlier_checkpoints_and_never_saves_non_finite_weights(litlab_main, monkeypatch):
+    import torch
+
+    from models.classifier import Classifier
+
+    finite_loss = Classifier.loss
+
+    def diverges_in_epoch_two(self, logits, y):
+        loss = finite_loss(self, logits, y)
+        return loss * float("nan") if self.training and self.current_epoch == 2 else loss
+
+    monkeypatch.setattr(Classifier, "loss", diverges_in_epoch_two)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    # 20 steps an epoch: the first non-finite loss is the first step of epoch 2.
+    one_error_line(*litlab_main("fit", "--config", CNN, "--trainer.max_epochs=4")[::2], "at step 40 (epoch 2)")
+    folder = Path("runs/digits-cnn/version_0/checkpoints")
+    files = [p for p in folder.glob("*.ckpt") if not p.is_symlink()]
+    assert files and all(p.name.startswith(("epoch000", "epoch001")) for p in files)
+    last = torch.load(folder / "last.ckpt", weights_only=True)  # the state at the end of epoch 1
+    assert last["epoch"] == 1 and last["global_step"] == 40
+    for path in files:
+        state = torch.load(path, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
 
 
 def test_unknown_key_in_a_config_file_names_the_key(litlab_main, tmp_path):
