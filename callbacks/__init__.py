@@ -1,5 +1,6 @@
 """Callbacks that Lightning does not already ship."""
 
 from callbacks.prediction_writer import CSVPredictionWriter
+from callbacks.random_state import RandomState
 
-__all__ = ["CSVPredictionWriter"]
+__all__ = ["CSVPredictionWriter", "RandomState"]

@@ -241,7 +241,10 @@ class DataModule(L.LightningDataModule):
             batch_size=self.device_batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            # Workers are started anew each epoch, seeded from the (checkpointed) torch generator, so a
+            # resumed fit augments exactly as the uninterrupted one; persistent workers would carry
+            # random state across epochs that no checkpoint holds.
+            persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
             collate_fn=whole_batch if isinstance(dataset, TensorSamples) else None,
         )

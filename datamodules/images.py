@@ -97,6 +97,14 @@ class ImageDataModule(DataModule):
             return TensorSamples(**{**fields, **as_fields(transform(fields["input"]), self.reshape)})
         return Transformed(dataset, transform, self.reshape)
 
+    def state_dict(self) -> dict:
+        # The on-device augmentation draws from its own generator: a resumed fit continues its stream.
+        return {} if self._generator is None else {"generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resumed_generator = state.get("generator")
+        self._generator = None  # rebuilt on the next batch, on its device, from the saved state
+
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         if not self.on_device:
             return batch
@@ -108,6 +116,9 @@ class ImageDataModule(DataModule):
             # Seeded per rank: repeatable runs, and every rank augments differently.
             rank = self.trainer.global_rank if self.trainer is not None else 0
             self._generator = torch.Generator(device=x.device).manual_seed(self.seed + rank)
+            if getattr(self, "_resumed_generator", None) is not None:
+                self._generator.set_state(self._resumed_generator)
+                self._resumed_generator = None
         training = self.trainer is not None and self.trainer.training
         out = self.batch_augment.to(x.device)(x, train=training, generator=self._generator)
         return {**batch, **as_fields(out, self.reshape)}

@@ -1,0 +1,40 @@
+"""Saves and restores every global random generator with each checkpoint, so a resumed fit
+draws the same shuffles, dropout masks and augmentations as the run it continues.
+
+Lightning checkpoints hold the model, optimizer, schedulers, loops and callbacks, but not the
+random state of Python, NumPy and torch; without it a resumed run shuffles differently from
+the uninterrupted one. The state is stored as plain numbers and tensors, so checkpoints still
+load with weights_only=True. (The DataModule keeps the state of its own augmentation
+generator through its state_dict.)
+"""
+
+import random
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+
+class RandomState(L.Callback):
+    """Lightning saves what `state_dict` returns in every checkpoint and hands it to `load_state_dict` on resume."""
+
+    def state_dict(self) -> dict[str, Any]:
+        version, state, gauss = random.getstate()
+        kind, keys, position, has_gauss, cached = np.random.get_state()
+        return {
+            "python": {"version": version, "state": list(state), "gauss": gauss},
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        python = state["python"]
+        random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
+        n = state["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["position"], n["has_gauss"], n["cached"]))
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
