@@ -9,7 +9,7 @@ needs to build itself:
 - which samples are labelled: a `target` of `IGNORE_INDEX` marks an unlabelled sample.
 
 `datamodules.DataModule` implements it; any LightningDataModule that has these attributes
-works with every task. `require` turns a missing piece into one clear sentence.
+works with every task. `check` turns a missing piece into one clear sentence.
 """
 
 from typing import Any, Protocol, TypedDict, runtime_checkable
@@ -58,18 +58,6 @@ def check(datamodule: object) -> None:
             f"The data {type(datamodule).__name__} does not follow litlab's data contract: it has no "
             f"{', '.join(missing)}; derive it from datamodules.DataModule or add them (see datamodules/contract.py)."
         )
-
-
-def require(datamodule: object, name: str, task: str) -> Any:
-    """`datamodule.<name>`, which `task` cannot do without: a clear error when it is missing or None."""
-    check(datamodule)
-    value = getattr(datamodule, name)
-    if value is None:
-        raise ConfigError(
-            f"{task} needs {name} from its data, but {type(datamodule).__name__} gives none; "
-            f"use data that has it (a DataModule with {'labels' if name == 'num_classes' else name})."
-        )
-    return value
 
 
 def field(batch: Batch, name: str, task: str) -> Any:

@@ -48,7 +48,3 @@ class NoShape:
 def test_data_outside_the_contract_is_named_with_what_it_lacks():
     with pytest.raises(ConfigError, match=r"NoShape does not follow litlab's data contract: it has no vocab_size, example_input"):
         contract.check(NoShape())
-    with pytest.raises(ConfigError, match="SimCLR needs num_classes from its data, but DigitsDataModule gives none"):
-        dm = DigitsDataModule()
-        dm.num_classes = None
-        contract.require(dm, "num_classes", "SimCLR")
