@@ -14,6 +14,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -235,11 +236,20 @@ class DataModule(L.LightningDataModule):
         for monitors such as a k-NN vote, sampled, placed and cast by the trainer."""
         self._with_reference = True
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, exact: bool = False) -> DataLoader:
+        """`exact`: under several processes, every sample is evaluated exactly once. Lightning's
+        default sampler pads the last batches by repeating samples, which would count them twice
+        in a metric; this one leaves the processes a sample apart instead (safe without gradients)."""
+        sampler = None
+        if exact and self.world_size > 1:
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=self.world_size, rank=self.trainer.global_rank, shuffle=False
+            )
         return DataLoader(
             dataset,
             batch_size=self.device_batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else None,
+            sampler=sampler,
             num_workers=self.num_workers,
             # Workers are started anew each epoch, seeded from the (checkpointed) torch generator, so a
             # resumed fit augments exactly as the uninterrupted one; persistent workers would carry
@@ -253,7 +263,7 @@ class DataModule(L.LightningDataModule):
         return self._loader(self.train_dataset, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | Sequence[DataLoader]:
-        val = self._loader(self.val_dataset, shuffle=False)
+        val = self._loader(self.val_dataset, shuffle=False, exact=True)
         if not self._with_reference:
             return val
         if not hasattr(self, "reference_dataset"):  # built on first use: most tasks never ask for it
@@ -261,7 +271,7 @@ class DataModule(L.LightningDataModule):
         return [self._loader(self.reference_dataset, shuffle=False), val]
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, shuffle=False)
+        return self._loader(self.test_dataset, shuffle=False, exact=True)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_dataset, shuffle=False)

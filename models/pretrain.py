@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules import contract
@@ -75,6 +76,7 @@ class SimCLR(Task):
         self.knn_k, self.knn_temperature, self.knn_every = knn_k, knn_temperature, knn_every
         self.knn = num_classes is not None and knn_k > 0
         if num_classes:
+            self.probe_loss = MeanMetric()  # averaged over samples, exactly, across ranks
             self.probe_acc = MulticlassAccuracy(num_classes, average="micro")
             self.knn_acc = MulticlassAccuracy(num_classes, average="micro")
 
@@ -125,7 +127,8 @@ class SimCLR(Task):
         features = self.backbone(x)
         logits = self.probe(features)
         log = dict(batch_size=len(y), add_dataloader_idx=False)
-        self.log("val/loss", F.cross_entropy(logits, y), sync_dist=True, **log)
+        self.probe_loss.update(F.cross_entropy(logits, y), weight=len(y))
+        self.log("val/loss", self.probe_loss, **log)
         self.probe_acc(logits, y)
         self.log("val/probe_acc", self.probe_acc, prog_bar=True, **log)
         if self._vote:

@@ -301,3 +301,18 @@ def test_training_batches_with_several_views_carry_views_instead_of_input():
     dm = ready(DigitsDataModule, augment=Augmentation(crop_padding=1, views=2))
     assert set(dm.train_dataset[0]) == {"views", "target"}
     assert set(next(iter(dm.train_dataloader()))) == {"views", "target"}
+
+
+def test_under_several_processes_evaluation_sees_every_sample_exactly_once():
+    # 12 test samples plus a validation split of 13: neither divides by 5 processes. Lightning's
+    # default sampler would pad with repeats, and a metric would count those twice.
+    seen = {"val": [], "test": []}
+    for rank in range(5):
+        dm = Features(n=130, val_fraction=0.1)
+        dm.trainer = SimpleNamespace(world_size=5, global_rank=rank, accumulate_grad_batches=1, loggers=[])
+        dm.setup("fit")
+        for stage, loader in (("val", dm.val_dataloader()), ("test", dm.test_dataloader())):
+            seen[stage] += [int(i) for batch in loader for i in batch["index"]]
+    assert len(dm.val_dataset) == 13
+    assert sorted(seen["val"]) == sorted(int(i) for i in dm.val_dataset.fields["index"])
+    assert sorted(seen["test"]) == sorted(range(-12, 0))

@@ -54,3 +54,18 @@ def test_distillation_on_two_cpu_processes_completes_and_saves_the_student_alone
     (best,) = (tmp_path / "runs" / "digits-distill" / "version_0" / "checkpoints").glob("epoch*.ckpt")
     state = torch.load(best, weights_only=True)["state_dict"]
     assert {k.split(".")[0] for k in state} == {"backbone", "head"}  # the student's, no teacher weight
+
+
+@pytest.mark.slow
+def test_test_metrics_on_two_processes_equal_one_process_for_a_set_that_does_not_divide(litlab, cli):
+    # 359 test digits over two processes: every one counted once, none repeated to pad a rank.
+    odd = "--data.test_fraction=0.1995"
+    mlp = str(DEFAULTS.parent / "digits" / "mlp.yaml")
+    fitted = cli("fit", "--config", mlp, odd, "--trainer.max_epochs=1")
+    assert len(fitted.datamodule.test_dataset) == 359
+    best = fitted.trainer.checkpoint_callback.best_model_path
+    single = fitted.trainer.callback_metrics
+    result = litlab("test", "--config", mlp, odd, f"--ckpt_path={best}", *TWO_PROCESSES, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for key in ("test/acc", "test/loss", "test/f1"):
+        assert f"{key} = {float(single[key]):.4f}" in result.stdout
