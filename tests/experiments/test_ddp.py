@@ -69,3 +69,39 @@ def test_test_metrics_on_two_processes_equal_one_process_for_a_set_that_does_not
     assert result.returncode == 0, result.stderr[-3000:]
     for key in ("test/acc", "test/loss", "test/f1"):
         assert f"{key} = {float(single[key]):.4f}" in result.stdout
+
+
+@pytest.mark.slow
+def test_two_nodes_launched_by_torchrun_on_one_machine_make_one_run(tmp_path):
+    # Two torchrun agents, one process each, meeting on 127.0.0.1: what two cluster nodes do.
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    nodes = [
+        subprocess.Popen(
+            [str(bin_dir / "torchrun"), "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
+             "--master_addr=127.0.0.1", f"--master_port={port}", str(bin_dir / "litlab"), "fit",
+             "--config", str(DEFAULTS.parent / "digits" / "mlp.yaml"), "--trainer.num_nodes=2", "--trainer.devices=1",
+             "--trainer.max_epochs=1", *TWO_PROCESSES[:2]],
+            cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert "Global batch size 128 = 64 per device x 2 process(es)" in "".join(out + err for out, err in outputs)
+    assert sum(out.count("test/acc = ") for out, _ in outputs) == 1  # global rank zero alone reports
+    (run,) = (tmp_path / "runs" / "digits-mlp").iterdir()
+    assert len(list((tmp_path / "runs" / "wandb").glob("offline-run-*"))) == 1
+    # 1,257 training digits split between the ranks: 629 each, 10 steps of 64, not 20 as on one process.
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
