@@ -6,15 +6,18 @@ unreachable dataset into one sentence naming the folder and the files expected t
 """
 
 import os
+import pickle
 from typing import Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torchvision import datasets
+from torchvision.datasets.utils import check_integrity
 
 from datamodules.base import BatchScope, Splits, TensorSamples, Unlabelled
 from datamodules.images import ImageDataModule
 from datamodules.transforms import Augmentation
+from models.errors import ConfigError
 
 Name = Literal["mnist", "fashion_mnist", "cifar10", "cifar100"]
 DATASETS: dict[str, type] = {
@@ -35,6 +38,16 @@ def expected_files(name: str, root: str) -> tuple[str, list[str]]:
         return folder, [os.path.basename(url).removesuffix(".gz") for url, _ in cls.resources]
     files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     return os.path.join(root, cls.base_folder), files
+
+
+def damaged_files(name: str, folder: str) -> list[str]:
+    """The files of `name` in `folder` that fail torchvision's own checksum (CIFAR lists them;
+    MNIST's raw files carry no checksum, so none can be named)."""
+    cls = DATASETS[name]
+    if issubclass(cls, datasets.MNIST):
+        return []
+    listed = [*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]]]
+    return [file for file, md5 in listed if not check_integrity(os.path.join(folder, file), md5)]
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -94,7 +107,18 @@ class VisionDataModule(ImageDataModule):
         folder, files = expected_files(self.dataset, self.root)
         try:
             return DATASETS[self.dataset](self.root, train=train, download=download)
-        except (RuntimeError, OSError) as err:
+        # torchvision's readers raise these for a missing, unreachable or unreadable file.
+        except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as err:
+            present = all(os.path.isfile(os.path.join(folder, name)) for name in files)
+            if present:
+                # Every file is there, so the fault is in one of them: say so, not "not found".
+                damaged = damaged_files(self.dataset, folder)
+                which = f"{', '.join(damaged)} in {folder}" if damaged else f"a file in {folder}"
+                raise ConfigError(
+                    f"{self.dataset}: {which} is damaged or not in the expected format "
+                    f"({type(err).__name__}: {str(err).splitlines()[0][:120]}); delete it and set download: true "
+                    "to fetch it again, or replace it with a good copy."
+                ) from None
             if download:
                 raise FileNotFoundError(
                     f"Could not download {self.dataset} into {folder} ({err}); put {', '.join(files)} "

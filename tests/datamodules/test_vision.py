@@ -5,6 +5,7 @@ import torch
 from torchvision.datasets import CIFAR10, MNIST
 
 from datamodules import Augmentation, VisionDataModule
+from models.errors import ConfigError
 
 
 def loaded(**kwargs) -> VisionDataModule:
@@ -88,3 +89,19 @@ def test_on_device_path_serves_whole_uint8_batches(datasets_on_disk, tmp_path):
     after = dm.on_after_batch_transfer(batch, 0)
     out = after["input"]
     assert out.dtype == torch.float32 and out.shape == x.shape and torch.equal(after["target"], y)
+
+
+def test_a_damaged_mnist_file_is_named_as_damaged_not_missing(datasets_on_disk, tmp_path):
+    datasets_on_disk.mnist(tmp_path)
+    images = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[: 5000])  # a download cut short
+    with pytest.raises(ConfigError, match=r"mnist: a file in .*MNIST/raw is damaged or not in the expected format"):
+        loaded(root=str(tmp_path), dataset="mnist")
+
+
+def test_a_damaged_cifar_batch_is_named(datasets_on_disk, tmp_path):
+    datasets_on_disk.cifar(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(b"not a pickle" + batch.read_bytes()[100:])
+    with pytest.raises(ConfigError, match=r"cifar10: data_batch_3 in .*cifar-10-batches-py is damaged"):
+        loaded(root=str(tmp_path), dataset="cifar10")
