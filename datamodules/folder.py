@@ -23,6 +23,7 @@ from datamodules.base import BatchScope, Splits, Unlabelled, split_index, subset
 from datamodules.contract import Batch
 from datamodules.images import ImageDataModule
 from datamodules.transforms import Augmentation
+from models.errors import check_positive
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -100,6 +101,7 @@ class FolderDataModule(ImageDataModule):
         self.record_augment()
         if not os.path.isdir(root):
             raise FileNotFoundError(f"Image folder {root} does not exist; set data.root to a folder of class subfolders.")
+        check_positive("FolderDataModule", image_size=image_size)
         self.root = root
         self.presplit = os.path.isdir(os.path.join(root, "train"))
         self.classes = class_names(os.path.join(root, "train") if self.presplit else root)

@@ -10,7 +10,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from datamodules.contract import IGNORE_INDEX, Batch, field
-from models.errors import ConfigError
+from models.errors import ConfigError, check_fraction
 from models.optim import Schedule
 from models.task import Task
 
@@ -56,6 +56,7 @@ class Classifier(Task):
     ) -> None:
         super().__init__(optimizer=optimizer, schedule=schedule, warmup_fraction=warmup_fraction)
         check_num_classes(num_classes, type(self).__name__)
+        check_fraction(type(self).__name__, label_smoothing=label_smoothing)
         if loss == "mse" and label_smoothing:
             raise ConfigError("label_smoothing applies to loss=cross_entropy only; set it to 0 for mse.")
         # The backbone is a module, saved in the state dict; its config is saved by the CLI.

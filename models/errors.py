@@ -13,3 +13,17 @@ class ConfigError(ValueError):
 
 class NonFiniteLoss(ConfigError):
     """The loss became NaN or infinite: almost always a learning rate, warmup or precision to change."""
+
+
+def check_positive(owner: str, **values: float) -> None:
+    """One ConfigError for the first of `values` that is not above zero (a width, a count, a size)."""
+    for name, value in values.items():
+        if value <= 0:
+            raise ConfigError(f"{owner} {name} must be positive; got {value}.")
+
+
+def check_fraction(owner: str, **values: float) -> None:
+    """One ConfigError for the first of `values` outside [0, 1) (a dropout rate, a smoothing)."""
+    for name, value in values.items():
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{owner} {name} must be in [0, 1); got {value}.")

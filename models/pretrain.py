@@ -9,7 +9,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules import contract
 from datamodules.contract import IGNORE_INDEX, Batch, field
-from models.errors import ConfigError
+from models.errors import ConfigError, check_positive
 from models.losses import nt_xent
 from models.optim import Schedule
 from models.task import Task
@@ -60,6 +60,9 @@ class SimCLR(Task):
         for name, value in (("temperature", temperature), ("knn_temperature", knn_temperature)):
             if value <= 0:
                 raise ConfigError(f"{name} must be positive; got {value}.")
+        check_positive("SimCLR", projection_dim=projection_dim, probe_lr_scale=probe_lr_scale)
+        if knn_k < 0:
+            raise ConfigError(f"SimCLR knn_k must be 0 (no k-NN monitor) or more; got {knn_k}.")
         if knn_every < 1:
             raise ConfigError(f"knn_every must be at least 1 (epochs between k-NN votes); got {knn_every}.")
         self.save_hyperparameters(ignore=["backbone", "optimizer"])

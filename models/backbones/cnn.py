@@ -7,7 +7,7 @@ from torch import nn
 
 from models.backbones.activations import Activation, make_activation
 from models.backbones.registry import register
-from models.errors import ConfigError
+from models.errors import ConfigError, check_fraction, check_positive
 
 Pool = Literal["max", "avg", "none"]
 
@@ -28,6 +28,8 @@ class CNN(nn.Module):
         super().__init__()
         if not channels:
             raise ConfigError("CNN channels must name at least one block, e.g. [32, 64].")
+        check_positive("CNN", kernel_size=kernel_size, **{f"channels[{i}]": c for i, c in enumerate(channels)})
+        check_fraction("CNN", dropout=dropout)
         # Batch norm's mean subtraction cancels a conv bias, so drop the bias there.
         conv_args = dict(kernel_size=kernel_size, padding="same", bias=not batch_norm)
         layers: list[nn.Module] = []

@@ -5,7 +5,7 @@ from torch import nn
 
 from models.backbones.activations import Activation, make_activation
 from models.backbones.registry import register
-from models.errors import ConfigError
+from models.errors import ConfigError, check_fraction, check_positive
 
 
 @register(image=[{}, {"depth": 1, "activation": "step", "dropout": 0.1}], sequence={})
@@ -16,6 +16,8 @@ class MLP(nn.Module):
         super().__init__()
         if depth < 1:
             raise ConfigError(f"MLP depth must be at least 1; got {depth}.")
+        check_positive("MLP", width=width)
+        check_fraction("MLP", dropout=dropout)
         layers: list[nn.Module] = [nn.Flatten()]
         for i in range(depth):
             # Only the first layer is lazy: its input size comes from the data.

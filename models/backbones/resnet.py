@@ -9,7 +9,7 @@ from torch import nn
 
 from models.backbones.activations import Activation, make_activation
 from models.backbones.registry import register
-from models.errors import ConfigError
+from models.errors import ConfigError, check_positive
 
 
 class BasicBlock(nn.Module):
@@ -43,6 +43,7 @@ class ResNet(nn.Module):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ConfigError(f"ResNet depth must be 6n + 2 (8, 14, 20, 32, 44, 56, 110); got {depth}.")
+        check_positive("ResNet", width=width)
         blocks_per_stage = (depth - 2) // 6
         # The stem is lazy, so any number of input channels works.
         layers: list[nn.Module] = [nn.LazyConv2d(width, 3, padding=1, bias=False), nn.BatchNorm2d(width)]

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from models.backbones.registry import register
+from models.errors import check_fraction, check_positive
 
 Cell = Literal["rnn", "lstm", "gru"]
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -27,6 +28,8 @@ class RNN(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        check_positive("RNN", hidden_size=hidden_size, num_layers=num_layers)
+        check_fraction("RNN", dropout=dropout)
         # A lazy projection takes the feature size from the data; torch's recurrent modules cannot.
         self.project = nn.LazyLinear(hidden_size)
         self.rnn = CELLS[cell](

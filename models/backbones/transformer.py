@@ -10,7 +10,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from models.backbones.activations import Activation, make_activation
 from models.backbones.registry import register
-from models.errors import ConfigError
+from models.errors import ConfigError, check_fraction, check_positive
 
 Input = Literal["sequence", "image", "tokens"]
 Pool = Literal["mean", "cls", "last"]
@@ -104,6 +104,8 @@ class Transformer(nn.Module):
         activation: Activation = "gelu",
     ) -> None:
         super().__init__()
+        check_positive("Transformer", d_model=d_model, depth=depth, heads=heads, mlp_ratio=mlp_ratio, max_len=max_len, patch_size=patch_size)
+        check_fraction("Transformer", dropout=dropout)
         if d_model % heads:
             raise ConfigError(f"Transformer d_model ({d_model}) must be divisible by heads ({heads}).")
         if input == "tokens" and vocab_size is None:

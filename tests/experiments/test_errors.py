@@ -167,3 +167,39 @@ def test_a_checkpoint_never_chooses_what_is_built(litlab_main, monkeypatch, tmp_
                                  f"--ckpt_path={tmp_path / 'planted.ckpt'}", "--trainer.enable_progress_bar=false")
     assert code == 0, err[-2000:]
     assert not (tmp_path / "imported.txt").exists() and "test/acc = " in out
+
+
+MLP_YAML = str(DEFAULTS.parent / "digits" / "mlp.yaml")
+RNN_YAML = str(DEFAULTS.parent / "digits" / "rnn.yaml")
+TRANSFORMER_YAML = str(DEFAULTS.parent / "digits" / "transformer.yaml")
+SIMCLR_YAML = str(DEFAULTS.parent / "digits" / "simclr.yaml")
+FINETUNE_YAML = str(DEFAULTS.parent / "digits" / "finetune.yaml")
+
+
+@pytest.mark.parametrize(
+    "config, flag, message",
+    [
+        (MLP_YAML, "--model.backbone.width=0", "MLP width must be positive; got 0."),
+        (MLP_YAML, "--model.backbone.dropout=1.5", "MLP dropout must be in [0, 1); got 1.5."),
+        (CNN, "--model.backbone.channels=[32,0]", "CNN channels[1] must be positive; got 0."),
+        (CNN, "--model.backbone.kernel_size=0", "CNN kernel_size must be positive; got 0."),
+        (RNN_YAML, "--model.backbone.hidden_size=0", "RNN hidden_size must be positive; got 0."),
+        (RNN_YAML, "--model.backbone.num_layers=0", "RNN num_layers must be positive; got 0."),
+        (TRANSFORMER_YAML, "--model.backbone.heads=0", "Transformer heads must be positive; got 0."),
+        (TRANSFORMER_YAML, "--model.backbone.dropout=-0.1", "Transformer dropout must be in [0, 1); got -0.1."),
+        (CNN, "--model.label_smoothing=1.0", "Classifier label_smoothing must be in [0, 1); got 1.0."),
+        (CNN, "--model.optimizer.weight_decay=-1", "model.optimizer: Invalid weight_decay value: -1"),
+        (CNN, "--data.val_fraction=0", "val_fraction must be between 0 and 1 (exclusive); got 0.0."),
+        (CNN, "--data.test_fraction=1", "test_fraction must be between 0 and 1 (exclusive); got 1.0."),
+        (CNN, "--data.num_workers=-1", "num_workers must be 0 (load in the main process) or more; got -1."),
+        (CNN, "--data.augment.rotation=200", "augment.rotation must be between 0 and 180 degrees; got 200.0."),
+        (SIMCLR_YAML, "--model.temperature=0", "temperature must be positive; got 0.0."),
+        (SIMCLR_YAML, "--model.knn_k=-1", "SimCLR knn_k must be 0 (no k-NN monitor) or more; got -1."),
+        (FINETUNE_YAML, "--model.backbone_lr_scale=0", "backbone_lr_scale must be positive; got 0.0."),
+        (DISTILL, "--model.alpha=2", "alpha weighs the soft targets against the labels and must be in [0, 1]"),
+    ],
+    ids=lambda value: value.split("--")[-1] if isinstance(value, str) and value.startswith("--") else None,
+)
+def test_an_out_of_range_number_is_one_clear_line(litlab_main, monkeypatch, config, flag, message):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    one_error_line(*litlab_main("fit", "--config", config, flag)[::2], message)
