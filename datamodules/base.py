@@ -188,13 +188,18 @@ class DataModule(L.LightningDataModule):
             train, val = subset(train, index), subset(train, val_index)
             labels = None if labels is None else labels[index]
         if labels is None and self.label_fraction < 1.0:
-            raise ConfigError(f"label_fraction applies to labelled data; {type(self).__name__} has no labels, so leave it at 1.")
+            raise ConfigError(
+                f"label_fraction applies to labelled data; {type(self).__name__} has no labels, so leave it at 1."
+            )
         labelled, unlabelled = split_index(len(train), self.label_fraction, self.seed, labels)
         self.labelled_dataset = subset(train, labelled)  # raw labelled samples, e.g. for a reference set
         # The samples whose labels label_fraction set aside, for semi-supervised recipes.
         aside = subset(train, unlabelled)
-        self.unlabelled_dataset = self.transform(aside if labels is None else hide_targets(aside, torch.arange(len(unlabelled))), True)
-        fit = self.labelled_dataset if self.unlabelled == "drop" or not len(unlabelled) else hide_targets(train, unlabelled)
+        if labels is not None:
+            aside = hide_targets(aside, torch.arange(len(unlabelled)))
+        self.unlabelled_dataset = self.transform(aside, train=True)
+        keep = self.unlabelled == "keep" and len(unlabelled) > 0
+        fit = hide_targets(train, unlabelled) if keep else self.labelled_dataset
         self.train_dataset = self.transform(fit, train=True)
         self.val_dataset = self.transform(val, train=False)
         self.test_dataset = self.transform(splits.test, train=False)

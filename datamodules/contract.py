@@ -89,6 +89,7 @@ def request_reference_set(datamodule: object, task: str) -> None:
     if not hasattr(datamodule, "request_reference_set"):
         raise ConfigError(
             f"{task} needs a reference set of labelled training samples, which {type(datamodule).__name__} "
-            "cannot serve (it has no request_reference_set); derive it from datamodules.DataModule, or turn the monitor off."
+            "cannot serve (it has no request_reference_set); derive it from datamodules.DataModule, "
+            "or turn the monitor off."
         )
     datamodule.request_reference_set()

@@ -127,7 +127,10 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         saved = Path(self._log_dir or ".", self.config_filename)
         # The file the parent just wrote holds the same dump; reading it back costs far less than a second dump.
-        text = saved.read_text() if self.save_to_log_dir and saved.is_file() else self.parser.dump(self.config, skip_none=False)
+        if self.save_to_log_dir and saved.is_file():
+            text = saved.read_text()
+        else:
+            text = self.parser.dump(self.config, skip_none=False)
         config = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         # The CSV logger's run directory already holds config.yaml; its hparams.yaml would be a slow second copy.
         for logger in trainer.loggers:
@@ -157,7 +160,8 @@ class LitlabCLI(LightningCLI):
         # contract gets one clear error from the contract.
         link = dict(apply_on="instantiate")
         parser.link_arguments("data", "model.init_args.num_classes", compute_fn=contract.labels_of, **link)
-        parser.link_arguments("data", "model.init_args.backbone.init_args.vocab_size", compute_fn=contract.vocab_of, **link)
+        vocab = "model.init_args.backbone.init_args.vocab_size"
+        parser.link_arguments("data", vocab, compute_fn=contract.vocab_of, **link)
 
     def _parse_ckpt_path(self) -> None:
         # Lightning would read the model's class and arguments from the checkpoint named by
@@ -219,7 +223,8 @@ class LitlabCLI(LightningCLI):
             # Rank zero claims its run directory at once, so two runs started together never share one;
             # the other ranks follow rank zero's (Lightning broadcasts the log and checkpoint folders).
             version = claim_version(Path(logger.save_dir or ".", name)) if rank_zero_only.rank == 0 else None
-            kwargs.setdefault("logger", [CSVLogger(save_dir=logger.save_dir or ".", name=name, version=version), logger])
+            csv_logger = CSVLogger(save_dir=logger.save_dir or ".", name=name, version=version)
+            kwargs.setdefault("logger", [csv_logger, logger])
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:

@@ -91,7 +91,9 @@ class Classifier(Task):
             target = F.one_hot(y.clamp(min=0), self.num_classes).to(logits.dtype)
             per_sample = (logits.softmax(dim=-1) - target).square().mean(dim=-1)  # (B,)
             return (per_sample * labelled).sum() / count
-        total = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, label_smoothing=self.label_smoothing, reduction="sum")
+        total = F.cross_entropy(
+            logits, y, ignore_index=IGNORE_INDEX, label_smoothing=self.label_smoothing, reduction="sum"
+        )
         return total / count
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:

@@ -56,7 +56,9 @@ class FineTune(Classifier):
             channels_last=channels_last,
         )
         if backbone_lr_scale <= 0:
-            raise ConfigError(f"backbone_lr_scale must be positive; got {backbone_lr_scale}. Use mode: linear to freeze.")
+            raise ConfigError(
+                f"backbone_lr_scale must be positive; got {backbone_lr_scale}. Use mode: linear to freeze."
+            )
         if unfreeze_at_epoch < 0:
             raise ConfigError(f"unfreeze_at_epoch must be 0 or more; got {unfreeze_at_epoch}.")
         self.save_hyperparameters(ignore=["backbone", "optimizer"])

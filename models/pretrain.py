@@ -94,7 +94,9 @@ class SimCLR(Task):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         views = field(batch, "views", "SimCLR")
         if len(views) != 2:
-            raise ConfigError(f"SimCLR needs exactly two views of each training image; set data.augment.views: 2, not {len(views)}.")
+            raise ConfigError(
+                f"SimCLR needs exactly two views of each training image; set data.augment.views: 2, not {len(views)}."
+            )
         b = len(views[0])
         features = self.backbone(torch.cat(views))  # both views in one pass: (2B, F), batch norm sees both
         z1, z2 = self.projector(features).split(b)  # 2 x (B, D)
@@ -136,7 +138,8 @@ class SimCLR(Task):
         self.log("val/probe_acc", self.probe_acc, prog_bar=True, **log)
         if self._vote:
             bank, labels = self._gathered_bank()
-            scores = knn_vote(F.normalize(features.float(), dim=1), bank, labels, self.knn_k, self.knn_temperature, self.probe.out_features)
+            query = F.normalize(features.float(), dim=1)
+            scores = knn_vote(query, bank, labels, self.knn_k, self.knn_temperature, self.probe.out_features)
             self.knn_acc(scores, y)
             self.log("val/knn_acc", self.knn_acc, prog_bar=True, **log)
 

@@ -104,7 +104,10 @@ class Transformer(nn.Module):
         activation: Activation = "gelu",
     ) -> None:
         super().__init__()
-        check_positive("Transformer", d_model=d_model, depth=depth, heads=heads, mlp_ratio=mlp_ratio, max_len=max_len, patch_size=patch_size)
+        check_positive(
+            "Transformer", d_model=d_model, depth=depth, heads=heads, mlp_ratio=mlp_ratio, max_len=max_len,
+            patch_size=patch_size,
+        )
         check_fraction("Transformer", dropout=dropout)
         if d_model % heads:
             raise ConfigError(f"Transformer d_model ({d_model}) must be divisible by heads ({heads}).")
