@@ -1,5 +1,6 @@
 """The `litlab` command: LightningCLI with litlab's defaults, W&B set-up and clear errors."""
 
+import csv
 import netrc
 import os
 import re
@@ -7,8 +8,10 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
+import torch
 import wandb
 import yaml
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -71,6 +74,37 @@ def summarize_parser_error(message: str) -> str:
 
 
 EVALUATE = ("validate", "test", "predict")
+WANDB_ID = "wandb_id"  # the W&B run id, kept in the run directory so that a resume continues the same run
+
+
+class ResumedCSVLogger(CSVLogger):
+    """CSVLogger continuing a run directory: the rows logged up to the checkpoint's step are kept
+    (Lightning's writer would delete metrics.csv); later ones, which the resumed run logs again,
+    and the closing test, which it redoes, are dropped."""
+
+    def __init__(self, *args, keep_until_step: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.keep_until_step = keep_until_step
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        if self._experiment is None:
+            path = Path(self.log_dir, "metrics.csv")
+            header, kept = [], []
+            if path.is_file():
+                with path.open(newline="") as f:
+                    reader = csv.DictReader(f)
+                    header = list(reader.fieldnames or [])
+                    # The test that closed the run being continued is redone when the resumed fit ends.
+                    kept = [
+                        row for row in reader
+                        if row.get("step") and int(row["step"]) <= self.keep_until_step
+                        and not any(value for key, value in row.items() if key.startswith("test/"))
+                    ]
+            writer = super().experiment  # creating it removes the old file
+            writer.metrics, writer.metrics_keys = kept, header
+        return self._experiment
 
 # Run directories claimed by this process, removed again if the run is refused before writing anything.
 CLAIMED: list[Path] = []
@@ -90,6 +124,15 @@ def claim_version(root: Path) -> int:
             continue
         CLAIMED.append(root / f"version_{version}")
         return version
+
+
+def resumed_run(checkpoint: Path) -> tuple[Path, int] | None:
+    """(run directory, global step) of a checkpoint inside a litlab run (`<root>/version_N/checkpoints/`)."""
+    folder = checkpoint.parent.parent
+    if checkpoint.parent.name != "checkpoints" or not folder.name.startswith("version_") or not checkpoint.is_file():
+        return None
+    step = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+    return folder, int(step)
 
 
 def run_root(config) -> Path:
@@ -136,6 +179,8 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
         for logger in trainer.loggers:
             if not isinstance(logger, CSVLogger):
                 logger.log_hyperparams({"config": config})
+            if isinstance(logger, WandbLogger) and self._log_dir and wandb.run is not None:
+                Path(self._log_dir, WANDB_ID).write_text(wandb.run.id)
 
 
 class LitlabCLI(LightningCLI):
@@ -146,6 +191,8 @@ class LitlabCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_callback=LoggerSaveConfigCallback,
+            # A fresh run's directory is claimed empty; only a resumed run rewrites its own config.yaml.
+            save_config_kwargs={"overwrite": True},
             parser_class=LitlabArgumentParser,
             # Tasks take their optimizer as an argument; no second, global --optimizer.
             auto_configure_optimizers=False,
@@ -178,6 +225,14 @@ class LitlabCLI(LightningCLI):
             trainer.callbacks = [c for c in trainer.callbacks if not c.class_path.endswith("ProgressBar")]
         if self.subcommand:
             config.ckpt_path = self._resolve_ckpt_path(config)
+        self._resume = None
+        if self.subcommand == "fit" and config.ckpt_path:
+            self._resume = resumed_run(Path(config.ckpt_path))
+        logger = config.trainer.get("logger")
+        if self._resume is not None and (self._resume[0] / WANDB_ID).is_file() and hasattr(logger, "init_args"):
+            # The same W&B run continues, online or offline; its step axis continues with global_step.
+            logger.init_args.id = (self._resume[0] / WANDB_ID).read_text().strip()
+            logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "resume": "allow"}
 
     def _resolve_ckpt_path(self, config) -> str | None:
         """A run folder stands for its newest last.ckpt, `last` for the newest last.ckpt of this
@@ -222,8 +277,17 @@ class LitlabCLI(LightningCLI):
             name = self._get(self.config, "trainer").logger.init_args.get("name") or logger.name
             # Rank zero claims its run directory at once, so two runs started together never share one;
             # the other ranks follow rank zero's (Lightning broadcasts the log and checkpoint folders).
-            version = claim_version(Path(logger.save_dir or ".", name)) if rank_zero_only.rank == 0 else None
-            csv_logger = CSVLogger(save_dir=logger.save_dir or ".", name=name, version=version)
+            root = Path(logger.save_dir or ".", name)
+            if self._resume is not None and self._resume[0].parent == root:
+                # A resumed fit continues its own run directory, metrics and checkpoints.
+                folder, step = self._resume
+                csv_logger = ResumedCSVLogger(
+                    save_dir=logger.save_dir or ".", name=name, version=int(folder.name.split("_")[1]),
+                    keep_until_step=step,
+                )
+            else:
+                version = claim_version(root) if rank_zero_only.rank == 0 else None
+                csv_logger = CSVLogger(save_dir=logger.save_dir or ".", name=name, version=version)
             kwargs.setdefault("logger", [csv_logger, logger])
         return super().instantiate_trainer(**kwargs)
 

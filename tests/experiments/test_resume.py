@@ -1,8 +1,8 @@
 """A fit interrupted mid-epoch and resumed from its last.ckpt ends exactly where the
-uninterrupted fit ends: same weights, bit for bit, and the same metrics, with shuffling,
-dropout and augmentation (per sample in worker processes, and on the device) all drawing."""
+uninterrupted fit ends: same weights, bit for bit, and the same metrics file, in the same run
+directory, with shuffling, dropout and augmentation (per sample in worker processes, and on
+the device) all drawing."""
 
-import csv
 import random
 from pathlib import Path
 
@@ -22,11 +22,6 @@ class Interrupted(Exception):
 
 def final_state(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-
-
-def last_epoch_metrics(run: Path) -> dict[str, str]:
-    rows = [row for row in csv.DictReader((run / "metrics.csv").open()) if row.get("val/loss")]
-    return {key: value for key, value in rows[-1].items() if key.startswith("val/") and value}
 
 
 @pytest.mark.parametrize(
@@ -50,15 +45,18 @@ def test_an_interrupted_fit_resumed_from_last_ckpt_ends_bit_identical(cli, monke
     with pytest.raises(Interrupted):
         cli(*args)
     monkeypatch.setattr(task, "training_step", train)
+    interrupted = max(reference.parent.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
     # A new process starts from other random states; the checkpoint must bring back the right ones.
     torch.manual_seed(1234), random.seed(1234), np.random.seed(1234)
     resumed = Path(cli(*args, "--ckpt_path=last").trainer.log_dir)
 
-    assert resumed != reference
+    assert resumed == interrupted  # the interrupted run's own directory, continued
     expected, got = final_state(reference), final_state(resumed)
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected), [k for k in expected if not torch.equal(expected[k], got[k])]
-    assert last_epoch_metrics(resumed) == last_epoch_metrics(reference)
+    # Every metric of every step, as the uninterrupted run logged it: the rows past the checkpoint
+    # that the interrupted run had written are replaced by the resumed run's.
+    assert (resumed / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
 
 
 @pytest.mark.slow
@@ -99,6 +97,24 @@ def test_a_fit_killed_at_random_moments_resumes_bit_identical(tmp_path):
         assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
         # The newest last.ckpt: the resumed run's, or the killed run's if it was killed after its last epoch.
         got = torch.load(resolve_checkpoint(cwd / "runs" / "digits-cnn-augment"), weights_only=True)["state_dict"]
-        identical += all(torch.equal(expected[k], got[k]) for k in expected)
+        metrics = (cwd / "runs" / "digits-cnn-augment" / "version_0" / "metrics.csv").read_text()
+        reference_metrics = (tmp_path / "reference" / "runs" / "digits-cnn-augment" / "version_0" / "metrics.csv").read_text()
+        identical += all(torch.equal(expected[k], got[k]) for k in expected) and metrics == reference_metrics
         print(f"kill {delay:.1f} s after the first last.ckpt: identical={identical}")
     assert identical == len(delays)
+
+
+@pytest.mark.slow
+def test_a_resumed_fit_continues_its_run_directory_and_its_wandb_run(litlab, wandb_run, tmp_path):
+    # Subprocesses: W&B keeps process-wide settings that an earlier in-process run would leave behind.
+    mlp = str(DIGITS / "mlp.yaml")
+    quiet = ["--trainer.enable_progress_bar=false"]
+    assert litlab("fit", "--config", mlp, "--trainer.max_epochs=1", *quiet).returncode == 0
+    resumed = litlab("fit", "--config", mlp, "--trainer.max_epochs=2", "--ckpt_path=last", *quiet)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [p.name for p in (tmp_path / "runs" / "digits-mlp").iterdir()] == ["version_0"]
+    first, second = sorted((tmp_path / "runs" / "wandb").glob("offline-run-*"))
+    run_id = (tmp_path / "runs" / "digits-mlp" / "version_0" / "wandb_id").read_text()
+    assert first.name.endswith(run_id) and second.name.endswith(run_id)  # one W&B run, synced as one
+    steps = [row["trainer/global_step"] for row in wandb_run(second)["history"] if "val/acc" in row]
+    assert steps == [39]  # the step axis continues: epoch 1 ends at step 39, not 19
