@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 import torch
 import wandb
+from torch.nn.parameter import is_lazy
 import yaml
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -20,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from datamodules import contract
-from models.checkpoints import resolve_checkpoint
+from models.checkpoints import read_state_dict, resolve_checkpoint
 from models.errors import ConfigError
 
 DEFAULTS = Path(__file__).with_name("defaults.yaml")
@@ -290,6 +291,39 @@ class LitlabCLI(LightningCLI):
                 csv_logger = CSVLogger(save_dir=logger.save_dir or ".", name=name, version=version)
             kwargs.setdefault("logger", [csv_logger, logger])
         return super().instantiate_trainer(**kwargs)
+
+    def before_fit(self) -> None:
+        self._check_checkpoint()
+
+    def before_validate(self) -> None:
+        self._check_checkpoint()
+
+    def before_test(self) -> None:
+        self._check_checkpoint()
+
+    def before_predict(self) -> None:
+        self._check_checkpoint()
+
+    def _check_checkpoint(self) -> None:
+        """Read --ckpt_path safely and match it to the model before Lightning loads it, so that a
+        damaged file or one of another model is one clear line, before the run writes anything."""
+        path = self.config[self.subcommand].get("ckpt_path")
+        if not path or not Path(path).is_file():
+            return  # Lightning names a missing file itself
+        state = read_state_dict(path)  # ConfigError for a truncated, pickled or tensor-less file
+        skip = tuple(getattr(self.model, "checkpoint_skips", ()))
+        expected = {k: v for k, v in self.model.state_dict().items() if not k.startswith(skip)}
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected and not k.startswith(skip)]
+        wrong = [k for k, v in expected.items() if k in state and not is_lazy(v) and state[k].shape != v.shape]
+        if missing or unexpected or wrong:
+            problems = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                        for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                           ("keys of another shape", wrong)) if keys]
+            raise ConfigError(
+                f"Checkpoint {path} does not fit {type(self.model).__name__} as configured: {'; '.join(problems)}; "
+                "pass the config the checkpoint was trained with."
+            )
 
     def after_fit(self) -> None:
         """Test the best checkpoint, then say where everything went."""

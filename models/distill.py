@@ -39,6 +39,9 @@ class Distill(Classifier):
     fit reloads the teacher from `teacher_checkpoint`.
     """
 
+    # Parts a Distill checkpoint does not hold in its state dict: they are restored by the task itself.
+    checkpoint_skips = (*TEACHER_PARTS, "hint.")
+
     def __init__(
         self,
         backbone: nn.Module,

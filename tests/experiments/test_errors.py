@@ -203,3 +203,24 @@ FINETUNE_YAML = str(DEFAULTS.parent / "digits" / "finetune.yaml")
 def test_an_out_of_range_number_is_one_clear_line(litlab_main, monkeypatch, config, flag, message):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     one_error_line(*litlab_main("fit", "--config", config, flag)[::2], message)
+
+
+def test_a_damaged_or_mismatched_checkpoint_is_one_clear_line_and_leaves_no_run(litlab_main, monkeypatch, tmp_path):
+    import torch
+
+    from models import Classifier
+    from models.backbones import MLP
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    model = Classifier(backbone=MLP(depth=2, width=256, dropout=0.2), num_classes=10)
+    model.backbone(torch.zeros(2, 1, 8, 8))
+    torch.save({"state_dict": model.state_dict(), "pytorch-lightning_version": "2.6.6"}, tmp_path / "mlp.ckpt")
+    data = (tmp_path / "mlp.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    for config, checkpoint, message in [
+        (CNN, "mlp.ckpt", "does not fit Classifier as configured: 24 missing keys (backbone.features.0.weight"),
+        (MLP_YAML, "cut.ckpt", "cut.ckpt is not a readable checkpoint"),
+    ]:
+        code, _, err = litlab_main("test", "--config", config, f"--ckpt_path={tmp_path / checkpoint}")
+        one_error_line(code, err, message)
+    assert not list(Path("runs").glob("*/version_*"))  # refused before anything was written
