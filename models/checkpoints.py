@@ -8,6 +8,7 @@ and a teacher all reach a backbone through `load_backbone`. PyTorch files are re
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import safetensors.torch
@@ -59,7 +60,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if path.suffix.lower() == ".safetensors":
             content = safetensors.torch.load_file(path)
         else:
-            content = torch.load(path, map_location="cpu", weights_only=True)
+            # Memory-mapped where the format allows (torch's zip files): checking keys and shapes, or
+            # taking one part of a large checkpoint, then reads only what it touches.
+            content = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     # A damaged file makes torch's readers raise almost anything (RuntimeError, OSError, EOFError,
     # KeyError, struct.error, UnicodeDecodeError, UnpicklingError, SafetensorError...); this call
     # only reads the one file, so whatever it raises means that file cannot be read.
@@ -86,7 +89,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_backbone(backbone: nn.Module, path: str | os.PathLike, prefix: str | None = None) -> str:
+def load_backbone(
+    backbone: nn.Module,
+    path: str | os.PathLike,
+    prefix: str | None = None,
+    state: dict[str, torch.Tensor] | None = None,
+) -> str:
     """Load the weights for `backbone` from `path`, strictly; returns the prefix that was used ('' for none).
 
     The file's keys under `prefix`, with the prefix stripped, must be exactly the backbone's
@@ -95,7 +103,8 @@ def load_backbone(backbone: nn.Module, path: str | os.PathLike, prefix: str | No
     parameters take the file's shapes. Nothing is loaded unless every check passes.
     With `prefix=None` the prefix is chosen by `_choose_prefix`; '' means keys as they are.
     """
-    state = read_state_dict(path)
+    if state is None:  # a caller filling several parts from one file reads it once and passes `state`
+        state = read_state_dict(path)
     expected = backbone.state_dict()
     if prefix is None:
         prefix = _choose_prefix(state, expected)
@@ -128,11 +137,16 @@ def load_backbone(backbone: nn.Module, path: str | os.PathLike, prefix: str | No
     return prefix
 
 
-def load_pretrained(module: nn.Module, checkpoint: str | os.PathLike, prefix: str | None = None) -> Path:
+def load_pretrained(
+    module: nn.Module,
+    checkpoint: str | os.PathLike,
+    prefix: str | None = None,
+    state: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """`load_backbone` for any part of a task (a backbone, a teacher, a tower), from a file or a
     run folder; says on rank zero what was loaded from where. Returns the file used."""
     path = resolve_checkpoint(checkpoint)
-    used = load_backbone(module, path, prefix)
+    used = load_backbone(module, path, prefix, state)
     rank_zero_info(f"{type(module).__name__} loaded from {path} (keys under '{used}').")
     return path
 

@@ -100,10 +100,7 @@ class Classifier(Task):
         y = batch["target"]
         logits = self(field(batch, "input", type(self).__name__))
         loss = self.loss(logits, y)
-        # Per-step logging costs a fraction of a millisecond a call, so log only the steps whose
-        # values the loggers write (every trainer.log_every_n_steps), as LearningRateMonitor does.
-        if self.trainer._logger_connector.should_update_logs:
-            self.log("train/loss", loss, prog_bar=True, batch_size=len(y))  # the curve to watch
+        self.log_train({"train/loss": loss}, batch_size=len(y))  # the curve to watch
         # Updated every step, computed and logged once an epoch: a per-batch value would cost a compute a step.
         self.train_metrics.update(logits.detach(), y)
         return loss

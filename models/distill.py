@@ -83,14 +83,15 @@ class Distill(Classifier):
 
     def load_teacher(self, checkpoint: str | os.PathLike, num_classes: int) -> None:
         path = resolve_checkpoint(checkpoint)
-        head = read_state_dict(path).get("head.weight")
+        state = read_state_dict(path)  # read once for the check and both parts
+        head = state.get("head.weight")
         if head is not None and head.ndim == 2 and head.shape[0] != num_classes:
             raise ConfigError(
                 f"The teacher in {path} classifies {head.shape[0]} classes but the data has {num_classes}; "
                 "distil on the data the teacher was trained for, or use a teacher of these classes."
             )
-        self.load_part("teacher", path, "backbone.")
-        self.load_part("teacher_head", path, "head.")
+        self.load_part("teacher", path, "backbone.", state)
+        self.load_part("teacher_head", path, "head.", state)
 
     @torch.no_grad()
     def teach(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,9 +113,7 @@ class Distill(Classifier):
         if self.hint is not None:
             parts["train/loss_hint"] = hint_loss(self.hint(features), teacher_features)
             loss = loss + self.hint_weight * parts["train/loss_hint"]
-        if self.trainer._logger_connector.should_update_logs:
-            self.log("train/loss", loss, prog_bar=True, batch_size=len(y))
-            self.log_dict(parts, batch_size=len(y))
+        self.log_train({"train/loss": loss, **parts}, batch_size=len(y))
         self.train_metrics.update(logits.detach(), y)
         return loss
 

@@ -105,12 +105,16 @@ class SimCLR(Task):
             # Negatives from every rank, with gradients flowing back to where they came from.
             gather = lambda z: self.all_gather(z, sync_grads=True).flatten(0, 1)  # noqa: E731  (W, B, D) -> (W*B, D)
         loss = nt_xent(z1, z2, self.temperature, gather, self.global_rank)
-        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        logged = {"train/loss": loss}
         target = batch.get("target")
-        if self.probe is not None and target is not None and (target != IGNORE_INDEX).any():
-            probe_loss = F.cross_entropy(self.probe(features[:b].detach()), target, ignore_index=IGNORE_INDEX)
-            self.log("train/probe_loss", probe_loss, batch_size=b)
+        if self.probe is not None and target is not None:
+            # The mean over labelled images, zero when a batch has none; no host sync to ask which.
+            logits = self.probe(features[:b].detach())
+            total = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
+            probe_loss = total / (target != IGNORE_INDEX).sum().clamp(min=1)
+            logged["train/probe_loss"] = probe_loss
             loss = loss + probe_loss  # the probe's parameters get only this gradient, the backbone none of it
+        self.log_train(logged, batch_size=b)
         return loss
 
     def on_validation_epoch_start(self) -> None:

@@ -40,9 +40,16 @@ class Task(L.LightningModule):
 
     # ---- parts ----
 
-    def load_part(self, name: str, checkpoint: str | os.PathLike, prefix: str | None = None) -> None:
-        """Fill submodule `name` from `checkpoint` (file or run folder); keys under `prefix`, found when None."""
-        load_pretrained(self.get_submodule(name), checkpoint, prefix)
+    def load_part(
+        self,
+        name: str,
+        checkpoint: str | os.PathLike,
+        prefix: str | None = None,
+        state: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Fill submodule `name` from `checkpoint` (file or run folder); keys under `prefix`, found when
+        None. `state`: the file's tensors, already read, when several parts come from one file."""
+        load_pretrained(self.get_submodule(name), checkpoint, prefix, state)
 
     def freeze(self, name: str) -> None:
         """Submodule `name` stops learning for good: no gradients (so no optimizer state and no
@@ -61,6 +68,18 @@ class Task(L.LightningModule):
         for name in self.frozen:
             self.get_submodule(name).eval()
         return self
+
+    # ---- logging ----
+
+    def log_train(self, values: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Per-step training values, logged only on the steps the loggers write
+        (`trainer.log_every_n_steps`, as LearningRateMonitor does) and on the last batch of an
+        epoch, so the progress bar and callbacks always see a recent value: each self.log call
+        costs a fraction of a millisecond, a large share of a small model's step."""
+        trainer = self.trainer
+        if trainer._logger_connector.should_update_logs or trainer.is_last_batch:
+            for name, value in values.items():
+                self.log(name, value, prog_bar=name == "train/loss", batch_size=batch_size)
 
     # ---- sizing ----
 
