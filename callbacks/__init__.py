@@ -1,6 +1,7 @@
 """Callbacks that Lightning does not already ship."""
 
+from callbacks.checkpoints import LatestCheckpoint
 from callbacks.prediction_writer import CSVPredictionWriter
 from callbacks.random_state import RandomState
 
-__all__ = ["CSVPredictionWriter", "RandomState"]
+__all__ = ["CSVPredictionWriter", "LatestCheckpoint", "RandomState"]

@@ -17,9 +17,10 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from datamodules.contract import IGNORE_INDEX, Batch
+from datamodules.sampling import EpochOrder, ResumableLoader, run_seed
 from models.errors import ConfigError
 
 Unlabelled = Literal["drop", "keep"]
@@ -241,42 +242,67 @@ class DataModule(L.LightningDataModule):
         for monitors such as a k-NN vote, sampled, placed and cast by the trainer."""
         self._with_reference = True
 
-    def _loader(self, dataset: Dataset, shuffle: bool, exact: bool = False) -> DataLoader:
-        """`exact`: under several processes, every sample is evaluated exactly once. Lightning's
-        default sampler pads the last batches by repeating samples, which would count them twice
-        in a metric; this one leaves the processes a sample apart instead (safe without gradients)."""
-        sampler = None
-        if exact and self.world_size > 1:
-            sampler = UnrepeatedDistributedSampler(
-                dataset, num_replicas=self.world_size, rank=self.trainer.global_rank, shuffle=False
-            )
-        return DataLoader(
+    def _loader(self, dataset: Dataset, sampler: Sampler | None = None, kind: type = DataLoader, **kwargs) -> DataLoader:
+        return kind(
             dataset,
             batch_size=self.device_batch_size,
-            shuffle=shuffle if sampler is None else None,
             sampler=sampler,
             num_workers=self.num_workers,
-            # Workers are started anew each epoch, seeded from the (checkpointed) torch generator, so a
-            # resumed fit augments exactly as the uninterrupted one; persistent workers would carry
-            # random state across epochs that no checkpoint holds.
+            # Workers start anew each epoch from the dataset as it is then; persistent workers
+            # would carry state across epochs that no checkpoint holds.
             persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
             collate_fn=whole_batch if isinstance(dataset, TensorSamples) else None,
+            # Worker seeds come from the loader's own generator: loading never draws from the
+            # global one, which dropout and the task's other draws then have to themselves.
+            generator=torch.Generator().manual_seed(self.seed),
+            **kwargs,
         )
 
+    def _exact(self, dataset: Dataset) -> DataLoader:
+        """Under several processes, every sample is evaluated exactly once. Lightning's default
+        sampler pads the last batches by repeating samples, which would count them twice in a
+        metric; this one leaves the processes a sample apart instead (safe without gradients)."""
+        sampler = None
+        if self.world_size > 1:
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=self.world_size, rank=self.trainer.global_rank, shuffle=False
+            )
+        return self._loader(dataset, sampler)
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True)
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        order = EpochOrder(self.train_dataset, self.world_size, rank, shuffle=True, seed=run_seed())
+        loader = self._loader(self.train_dataset, order, ResumableLoader, batches_done=self._batches_done)
+        if getattr(self, "_resume_position", None) is not None:
+            loader.load_state_dict(self._resume_position)  # once: later loaders start their epoch at 0
+            self._resume_position = None
+        self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict:
+        """Where in its epoch the training loader is (see `datamodules/sampling.py`)."""
+        loader = getattr(self, "_train_loader", None)
+        return {} if loader is None else {"position": loader.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_position = state.get("position")
+
+    def _batches_done(self) -> int | None:
+        """Batches of the current epoch trained on so far, None once the epoch is complete."""
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return None if done >= self.trainer.num_training_batches else done
 
     def val_dataloader(self) -> DataLoader | Sequence[DataLoader]:
-        val = self._loader(self.val_dataset, shuffle=False, exact=True)
+        val = self._exact(self.val_dataset)
         if not self._with_reference:
             return val
         if not hasattr(self, "reference_dataset"):  # built on first use: most tasks never ask for it
             self.reference_dataset = self.transform(self.labelled_dataset, train=False)
-        return [self._loader(self.reference_dataset, shuffle=False), val]
+        return [self._loader(self.reference_dataset), val]
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, shuffle=False, exact=True)
+        return self._exact(self.test_dataset)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, shuffle=False)
+        return self._loader(self.test_dataset)

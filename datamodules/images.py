@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from datamodules.base import BatchScope, DataModule, TensorSamples, Unlabelled
 from datamodules.contract import Batch
+from datamodules.sampling import gather_per_rank, own_state, run_seed, sample_seed
 from datamodules.transforms import Augmentation, BatchAugment, per_sample_transform
 
 
@@ -30,10 +31,15 @@ def as_fields(x: torch.Tensor | tuple[torch.Tensor, ...], view: Callable | None)
 
 
 class Transformed(Dataset):
-    """Samples with `transform`, then `view`, applied to their image; other fields pass through."""
+    """Samples with `transform`, then `view`, applied to their image; other fields pass through.
 
-    def __init__(self, dataset: Dataset, transform: Callable, view: Callable | None) -> None:
-        self.dataset, self.transform, self.view = dataset, transform, view
+    With a `seed`, a sample's random draws are seeded by (seed, epoch, index): the same in any
+    worker process or rank and in a resumed run (the training loader sets `epoch`).
+    """
+
+    def __init__(self, dataset: Dataset, transform: Callable, view: Callable | None, seed: int | None = None) -> None:
+        self.dataset, self.transform, self.view, self.seed = dataset, transform, view, seed
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -41,7 +47,12 @@ class Transformed(Dataset):
     def __getitem__(self, i: int) -> Batch:
         sample = dict(self.dataset[i])
         image = sample.pop("input")  # replaced by `views` when the recipe makes several
-        return {**sample, **as_fields(self.transform(image), self.view)}
+        if self.seed is None:
+            return {**sample, **as_fields(self.transform(image), self.view)}
+        with torch.random.fork_rng(devices=[]):  # the caller's generator is left as it was
+            torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, i))
+            image = self.transform(image)
+        return {**sample, **as_fields(image, self.view)}
 
 
 class ImageDataModule(DataModule):
@@ -95,14 +106,19 @@ class ImageDataModule(DataModule):
             # A fixed transform is applied to the whole tensor once; batches are then slices of it.
             fields = dataset.fields
             return TensorSamples(**{**fields, **as_fields(transform(fields["input"]), self.reshape)})
-        return Transformed(dataset, transform, self.reshape)
+        random = train and self.augment is not None
+        return Transformed(dataset, transform, self.reshape, seed=run_seed() if random else None)
 
     def state_dict(self) -> dict:
-        # The on-device augmentation draws from its own generator: a resumed fit continues its stream.
-        return {} if self._generator is None else {"generator": self._generator.get_state()}
+        # The on-device augmentation draws from its own generator, one per rank: a resumed fit continues its stream.
+        if not self.on_device:
+            return super().state_dict()
+        mine = None if self._generator is None else self._generator.get_state()
+        return {**super().state_dict(), "generator": gather_per_rank(self.trainer, mine)}
 
     def load_state_dict(self, state: dict) -> None:
-        self._resumed_generator = state.get("generator")
+        super().load_state_dict(state)
+        self._resumed_generator = own_state(self.trainer, state.get("generator"))
         self._generator = None  # rebuilt on the next batch, on its device, from the saved state
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:

@@ -4,7 +4,10 @@ import csv
 import netrc
 import os
 import re
+import shlex
+import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -17,9 +20,12 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from callbacks.checkpoints import LatestCheckpoint
 from datamodules import contract
 from models.checkpoints import read_state_dict, resolve_checkpoint
 from models.errors import ConfigError
@@ -75,17 +81,37 @@ def summarize_parser_error(message: str) -> str:
 
 
 EVALUATE = ("validate", "test", "predict")
+STOPPED = 128 + signal.SIGTERM  # the exit status of a process ended by SIGTERM, as schedulers expect
 WANDB_ID = "wandb_id"  # the W&B run id, kept in the run directory so that a resume continues the same run
 
 
+@dataclass(frozen=True)
+class Resume:
+    """Where a checkpoint inside a litlab run (`<root>/version_N/checkpoints/`) was saved."""
+
+    folder: Path  # the run directory
+    step: int  # global step
+    epoch: int
+    epoch_complete: bool  # saved at the end of the epoch rather than in its middle
+
+    def kept(self, row: dict[str, str]) -> bool:
+        """Whether a metrics.csv row was logged before this checkpoint was saved, so that the
+        resumed run will not log it again. Rows logged by the steps after a checkpoint carry its
+        step or later; only the epoch's own closing metrics, which Lightning writes just after an
+        end-of-epoch checkpoint, share its step and epoch."""
+        step = int(row["step"])
+        closing = self.epoch_complete and step == self.step and row.get("epoch") == str(self.epoch)
+        return step < self.step or closing
+
+
 class ResumedCSVLogger(CSVLogger):
-    """CSVLogger continuing a run directory: the rows logged up to the checkpoint's step are kept
+    """CSVLogger continuing a run directory: the rows logged before the checkpoint are kept
     (Lightning's writer would delete metrics.csv); later ones, which the resumed run logs again,
     and the closing test, which it redoes, are dropped."""
 
-    def __init__(self, *args, keep_until_step: int, **kwargs) -> None:
+    def __init__(self, *args, resume: Resume, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.keep_until_step = keep_until_step
+        self.resume = resume
 
     @property
     @rank_zero_experiment
@@ -100,7 +126,7 @@ class ResumedCSVLogger(CSVLogger):
                     # The test that closed the run being continued is redone when the resumed fit ends.
                     kept = [
                         row for row in reader
-                        if row.get("step") and int(row["step"]) <= self.keep_until_step
+                        if row.get("step") and self.resume.kept(row)
                         and not any(value for key, value in row.items() if key.startswith("test/"))
                     ]
             writer = super().experiment  # creating it removes the old file
@@ -127,13 +153,14 @@ def claim_version(root: Path) -> int:
         return version
 
 
-def resumed_run(checkpoint: Path) -> tuple[Path, int] | None:
-    """(run directory, global step) of a checkpoint inside a litlab run (`<root>/version_N/checkpoints/`)."""
+def resumed_run(checkpoint: Path) -> Resume | None:
+    """Where `checkpoint` was saved, if it belongs to a litlab run (`<root>/version_N/checkpoints/`)."""
     folder = checkpoint.parent.parent
     if checkpoint.parent.name != "checkpoints" or not folder.name.startswith("version_") or not checkpoint.is_file():
         return None
-    step = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"]
-    return folder, int(step)
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    progress = saved.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+    return Resume(folder, int(saved["global_step"]), int(saved["epoch"]), bool(progress.get("is_last_batch", True)))
 
 
 def run_root(config) -> Path:
@@ -150,6 +177,24 @@ def config_error_in(err: BaseException) -> ConfigError | None:
             return err
         err = err.__cause__ or err.__context__
     return None
+
+
+class Stopped(Exception):
+    """A fit stopped by SIGTERM or SIGUSR1 (a preemption); the message says how to resume it."""
+
+
+def resume_command(args: list[str], checkpoint: str) -> str:
+    """The command line that continues this run from `checkpoint`."""
+    kept, skip = [], False
+    for arg in args:
+        if skip or arg.startswith("--ckpt_path="):
+            skip = False
+            continue
+        if arg == "--ckpt_path":
+            skip = True
+            continue
+        kept.append(arg)
+    return shlex.join(["litlab", *kept, "--ckpt_path", checkpoint])
 
 
 class LitlabArgumentParser(LightningArgumentParser):
@@ -186,6 +231,7 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
 
 class LitlabCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, **kwargs) -> None:
+        self._args = list(sys.argv[1:] if args is None else args)
         super().__init__(
             model_class=LightningModule,
             datamodule_class=LightningDataModule,
@@ -211,6 +257,22 @@ class LitlabCLI(LightningCLI):
         vocab = "model.init_args.backbone.init_args.vocab_size"
         parser.link_arguments("data", vocab, compute_fn=contract.vocab_of, **link)
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except SIGTERMException:
+            # Lightning stops between two training steps; LatestCheckpoint has saved that state.
+            trainer = self.trainer
+            latest = [c for c in trainer.checkpoint_callbacks if isinstance(c, LatestCheckpoint)]
+            saved = latest[0].last_model_path if latest else ""
+            where = f"at step {trainer.global_step} (epoch {trainer.current_epoch})"
+            if not saved:
+                raise Stopped(f"stopped by a signal {where}, before any checkpoint was saved; run it again.") from None
+            raise Stopped(
+                f"stopped by a signal {where}; the run is saved in {saved}. Resume it with: "
+                f"{resume_command(self._args, saved)}"
+            ) from None
+
     def _parse_ckpt_path(self) -> None:
         # Lightning would read the model's class and arguments from the checkpoint named by
         # --ckpt_path and build that instead (importing whatever module it names). Here the
@@ -230,9 +292,9 @@ class LitlabCLI(LightningCLI):
         if self.subcommand == "fit" and config.ckpt_path:
             self._resume = resumed_run(Path(config.ckpt_path))
         logger = config.trainer.get("logger")
-        if self._resume is not None and (self._resume[0] / WANDB_ID).is_file() and hasattr(logger, "init_args"):
+        if self._resume is not None and (self._resume.folder / WANDB_ID).is_file() and hasattr(logger, "init_args"):
             # The same W&B run continues, online or offline; its step axis continues with global_step.
-            logger.init_args.id = (self._resume[0] / WANDB_ID).read_text().strip()
+            logger.init_args.id = (self._resume.folder / WANDB_ID).read_text().strip()
             logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "resume": "allow"}
 
     def _resolve_ckpt_path(self, config) -> str | None:
@@ -279,12 +341,11 @@ class LitlabCLI(LightningCLI):
             # Rank zero claims its run directory at once, so two runs started together never share one;
             # the other ranks follow rank zero's (Lightning broadcasts the log and checkpoint folders).
             root = Path(logger.save_dir or ".", name)
-            if self._resume is not None and self._resume[0].parent == root:
+            if self._resume is not None and self._resume.folder.parent == root:
                 # A resumed fit continues its own run directory, metrics and checkpoints.
-                folder, step = self._resume
+                version = int(self._resume.folder.name.split("_")[1])
                 csv_logger = ResumedCSVLogger(
-                    save_dir=logger.save_dir or ".", name=name, version=int(folder.name.split("_")[1]),
-                    keep_until_step=step,
+                    save_dir=logger.save_dir or ".", name=name, version=version, resume=self._resume
                 )
             else:
                 version = claim_version(root) if rank_zero_only.rank == 0 else None
@@ -378,8 +439,17 @@ def main(args: list[str] | None = None) -> None:
         os.environ["WANDB_MODE"] = "offline"
     # W&B's own banner repeats what the closing report says in one line.
     os.environ.setdefault("WANDB_SILENT", "true")
+    if not SLURMEnvironment.detect() and hasattr(signal, "SIGUSR1"):
+        # SIGUSR1 means "stop and save" as SIGTERM does (under SLURM, Lightning's requeue handles it).
+        signal.signal(signal.SIGUSR1, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
     try:
         LitlabCLI(args=args)
+    except Stopped as stop:
+        if rank_zero_only.rank == 0:
+            print(f"litlab: {stop}", file=sys.stderr, flush=True)
+        if wandb.run is not None:
+            wandb.finish(exit_code=STOPPED)
+        sys.exit(STOPPED)
     except (ConfigError, MisconfigurationException, FileNotFoundError) as err:
         print(f"litlab: error: {err}", file=sys.stderr)
         for folder in CLAIMED:  # a refused run leaves no empty run directory behind

@@ -133,6 +133,7 @@ class Distill(Classifier):
     # ---- the checkpoint is the student's ----
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(TEACHER_PARTS)]:
             del state[key]
@@ -141,6 +142,7 @@ class Distill(Classifier):
             checkpoint[HINT_KEY] = hint
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         # Lightning loads the state dict strictly after this hook: the teacher comes back from
         # teacher_checkpoint (already loaded), the regressor from its own entry.
         state = checkpoint["state_dict"]

@@ -16,12 +16,16 @@ import os
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from torchmetrics import Metric
 
 from datamodules import contract
+from datamodules.sampling import gather_per_rank, own_state
 from models.checkpoints import load_pretrained
 from models.errors import NonFiniteLoss
 from models.lazy import has_lazy, materialize
 from models.optim import Schedule, check_optimizer, check_schedule, configure_optimization
+
+METRIC_STATES = "metric_states"  # checkpoint entry: what each rank's metrics had accumulated
 
 
 class Task(L.LightningModule):
@@ -107,6 +111,32 @@ class Task(L.LightningModule):
                 "warmup or gradient clipping (--trainer.gradient_clip_val), or train in 32-bit precision if this "
                 "ran in 16-bit."
             )
+
+    # ---- a run resumed mid-epoch reports the same epoch metrics ----
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # torchmetrics keeps what a metric has accumulated out of the state dict; a run resumed in
+        # the middle of an epoch needs it to report that epoch's metrics. One entry per rank.
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        if progress.processed >= self.trainer.num_training_batches:
+            return  # the epoch is complete: what the metrics hold is logged, and a resumed run starts afresh
+        mine = {
+            name: {"state": dict(metric.metric_state), "updates": metric._update_count}
+            for name, metric in self.named_modules()
+            if isinstance(metric, Metric) and metric._update_count
+        }
+        checkpoint[METRIC_STATES] = gather_per_rank(self.trainer, mine)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if METRIC_STATES not in checkpoint:
+            return
+        metrics = dict(self.named_modules())
+        for name, saved in own_state(self.trainer, checkpoint[METRIC_STATES]).items():
+            metric = metrics[name]
+            for key, value in saved["state"].items():
+                move = lambda t: t.to(metric.device)  # noqa: E731  (the model may already be on its device)
+                setattr(metric, key, [move(t) for t in value] if isinstance(value, list) else move(value))
+            metric._update_count, metric._computed = saved["updates"], None
 
     # ---- optimisation ----
 

@@ -72,7 +72,7 @@ def test_a_diverging_run_keeps_its_earlier_checkpoints_and_never_saves_non_finit
     one_error_line(*litlab_main("fit", "--config", CNN, "--trainer.max_epochs=4")[::2], "at step 40 (epoch 2)")
     folder = Path("runs/digits-cnn/version_0/checkpoints")
     files = [p for p in folder.glob("*.ckpt") if not p.is_symlink()]
-    assert files and all(p.name.startswith(("epoch000", "epoch001")) for p in files)
+    assert files and all("epoch000" in p.name or "epoch001" in p.name for p in files)
     last = torch.load(folder / "last.ckpt", weights_only=True)  # the state at the end of epoch 1
     assert last["epoch"] == 1 and last["global_step"] == 40
     for path in files:

@@ -3,7 +3,12 @@ uninterrupted fit ends: same weights, bit for bit, and the same metrics file, in
 directory, with shuffling, dropout and augmentation (per sample in worker processes, and on
 the device) all drawing."""
 
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -59,49 +64,114 @@ def test_an_interrupted_fit_resumed_from_last_ckpt_ends_bit_identical(cli, monke
     assert (resumed / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
 
 
-@pytest.mark.slow
-def test_a_fit_killed_at_random_moments_resumes_bit_identical(tmp_path):
-    # Real kills: SIGKILL at seeded random moments once a last.ckpt exists, then `--ckpt_path last`.
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
+def frequent_checkpoints(folder: Path, every: int) -> str:
+    """defaults.yaml with the newest state saved every `every` training steps, so kills land mid-epoch."""
+    path = folder / "defaults.yaml"
+    path.write_text(DEFAULTS.read_text().replace("every_n_train_steps: 100", f"every_n_train_steps: {every}"))
+    return str(path)
 
-    command = [str(Path(sys.executable).with_name("litlab")), "fit", "--config", str(DIGITS / "cnn_augment.yaml"),
-               "--trainer.max_epochs=4", "--trainer.enable_progress_bar=false", "--data.num_workers=2"]
+
+def checkpoint_mark(last: Path) -> tuple[str, int] | None:
+    try:
+        return os.path.realpath(last), os.stat(last).st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+def kill_and_resume(tmp_path: Path, experiment: str, flags: list[str], signals: list[int], every: int,
+                    seed: int, processes: int = 1) -> list[str]:
+    """Run the recipe once uninterrupted; run it again, stopping it with each of `signals` in turn
+    at a seeded random moment after it has saved a checkpoint, and resuming it with
+    `--ckpt_path last`; then return how each stop went. The caller's assertion is the end: the
+    final weights and metrics.csv must equal the uninterrupted run's."""
+    name = {"cnn_augment": "digits-cnn-augment", "simclr": "digits-simclr"}[experiment]
+    base = ["fit", "--config", frequent_checkpoints(tmp_path, every), "--config", str(DIGITS / f"{experiment}.yaml"),
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *flags]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
 
-    def start(*extra: str, cwd: Path) -> subprocess.Popen:
-        return subprocess.Popen([*command, *extra], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lives = iter(range(100))
+
+    def start(cwd: Path, *extra: str) -> subprocess.Popen:
+        # A session of its own, so a SIGKILL takes the whole job (every DDP process) as a dead node would.
+        # Its messages go to a file: a pipe nobody reads until the end would fill up and block it.
+        log = (tmp_path / f"life{next(lives)}.log").open("w+")
+        run = subprocess.Popen([str(Path(sys.executable).with_name("litlab")), *base, *extra], cwd=cwd, env=env,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, text=True,
+                               start_new_session=True)
+        run.log = log
+        return run
+
+    def stderr(run: subprocess.Popen) -> str:
+        run.log.seek(0)
+        return run.log.read()
 
     (tmp_path / "reference").mkdir()
-    assert start(cwd=tmp_path / "reference").wait(timeout=300) == 0
-    expected = final_state(tmp_path / "reference" / "runs" / "digits-cnn-augment" / "version_0")
-    delays = random.Random(0).sample([0.1 * i for i in range(1, 15)], 3)
-    identical = 0
-    for trial, delay in enumerate(delays):
-        cwd = tmp_path / f"trial{trial}"
-        cwd.mkdir()
-        run = start(cwd=cwd)
-        last = cwd / "runs" / "digits-cnn-augment" / "version_0" / "checkpoints" / "last.ckpt"
-        while not last.exists() and run.poll() is None:
-            time.sleep(0.05)
-        time.sleep(delay)
+    reference = start(tmp_path / "reference")
+    assert reference.wait(timeout=400) == 0, stderr(reference)[-3000:]
+    reference_run = tmp_path / "reference" / "runs" / name / "version_0"
+
+    chain = tmp_path / "chain"
+    chain.mkdir()
+    last = chain / "runs" / name / "version_0" / "checkpoints" / "last.ckpt"
+    rng = random.Random(seed)
+    outcomes = []
+    for signum in signals:
+        before = checkpoint_mark(last)
+        run = start(chain, *(["--ckpt_path=last"] if before else []))
+        while checkpoint_mark(last) == before and run.poll() is None:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.5))
         if run.poll() is not None:
-            continue  # finished before the kill: not a trial
-        run.send_signal(signal.SIGKILL)
-        run.wait(timeout=60)
-        resumed = start("--ckpt_path=last", cwd=cwd)
-        assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
-        # The newest last.ckpt: the resumed run's, or the killed run's if it was killed after its last epoch.
-        got = torch.load(resolve_checkpoint(cwd / "runs" / "digits-cnn-augment"), weights_only=True)["state_dict"]
-        metrics = (cwd / "runs" / "digits-cnn-augment" / "version_0" / "metrics.csv").read_text()
-        reference_metrics = (tmp_path / "reference" / "runs" / "digits-cnn-augment" / "version_0" / "metrics.csv").read_text()
-        identical += all(torch.equal(expected[k], got[k]) for k in expected) and metrics == reference_metrics
-        print(f"kill {delay:.1f} s after the first last.ckpt: identical={identical}")
-    assert identical == len(delays)
+            outcomes.append("finished before the stop")
+            break
+        if signum == signal.SIGKILL:
+            os.killpg(run.pid, signal.SIGKILL)
+        else:
+            run.send_signal(signum)  # to the main process, as a scheduler does; it stops the others
+        code = run.wait(timeout=120)
+        if signum != signal.SIGKILL:
+            # One line that says where the run is saved and the command that resumes it.
+            assert code == 143, stderr(run)[-3000:]
+            line = stderr(run).strip().splitlines()[-1]
+            assert line.startswith("litlab: stopped by a signal at step"), line
+            assert "Resume it with: litlab fit" in line and line.endswith("last.ckpt"), line
+        outcomes.append(f"{signal.Signals(signum).name} at step {torch.load(last, weights_only=True)['global_step']}")
+    final = start(chain, "--ckpt_path=last")
+    assert final.wait(timeout=400) == 0, stderr(final)[-3000:]
+
+    expected, got = final_state(reference_run), final_state(last.parent.parent)
+    different = [k for k in expected if not torch.equal(expected[k], got[k])]
+    assert expected.keys() == got.keys() and not different, (outcomes, different)
+    assert (last.parent.parent / "metrics.csv").read_text() == (reference_run / "metrics.csv").read_text(), outcomes
+    print(outcomes)
+    return outcomes
+
+
+@pytest.mark.slow
+def test_a_fit_killed_and_preempted_at_random_moments_resumes_bit_identical(tmp_path):
+    # Per-sample augmentation in two worker processes, dropout, a cosine schedule; 20 steps an epoch.
+    signals = [signal.SIGKILL, signal.SIGTERM, signal.SIGKILL, signal.SIGUSR1, signal.SIGKILL, signal.SIGKILL,
+               signal.SIGKILL]
+    flags = ["--trainer.max_epochs=8", "--data.num_workers=2", "--model.backbone.dropout=0.2"]
+    outcomes = kill_and_resume(tmp_path, "cnn_augment", flags, signals, every=5, seed=0)
+    assert sum("SIGKILL" in o for o in outcomes) >= 5 and len(outcomes) == len(signals)
+
+
+@pytest.mark.slow
+def test_simclr_killed_at_random_moments_resumes_bit_identical(tmp_path):
+    # Two views augmented on the device from the DataModule's generator; 10 steps an epoch.
+    flags = ["--trainer.max_epochs=4", "--data.batch_size=128"]
+    outcomes = kill_and_resume(tmp_path, "simclr", flags, [signal.SIGKILL] * 5, every=3, seed=1)
+    assert len(outcomes) == 5 and all("SIGKILL" in o for o in outcomes)
+
+
+@pytest.mark.slow
+def test_a_ddp_fit_killed_at_random_moments_resumes_bit_identical(tmp_path):
+    # Two gloo processes, each with its own random state and its half of every batch.
+    flags = ["--trainer.max_epochs=3", "--data.num_workers=1", "--model.backbone.dropout=0.2",
+             "--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2"]
+    outcomes = kill_and_resume(tmp_path, "cnn_augment", flags, [signal.SIGKILL] * 3, every=3, seed=2)
+    assert len(outcomes) == 3 and all("SIGKILL" in o for o in outcomes)
 
 
 @pytest.mark.slow
