@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from datamodules.base import BatchScope, DataModule, TensorSamples, Unlabelled
 from datamodules.contract import Batch
-from datamodules.sampling import gather_per_rank, own_state, run_seed, sample_seed
+from datamodules.sampling import gather_per_rank, derived_seed, own_state, run_seed
 from datamodules.transforms import Augmentation, BatchAugment, per_sample_transform
 
 
@@ -50,7 +50,7 @@ class Transformed(Dataset):
         if self.seed is None:
             return {**sample, **as_fields(self.transform(image), self.view)}
         with torch.random.fork_rng(devices=[]):  # the caller's generator is left as it was
-            torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, i))
+            torch.default_generator.manual_seed(derived_seed(self.seed, self.epoch, i))
             image = self.transform(image)
         return {**sample, **as_fields(image, self.view)}
 

@@ -4,7 +4,7 @@ Every draw of a training epoch is a function of (seed, epoch, position), never o
   - the order is a permutation seeded by seed + epoch, exactly as torch's DistributedSampler draws
     it, and each process takes every world_size-th sample of it. One process with batch 2B then
     trains, batch for batch, on the samples that two processes with batch B train on together;
-  - a sample's per-sample augmentation is seeded by (seed, epoch, index) (`sample_seed`), so it is
+  - a sample's per-sample augmentation is seeded by (seed, epoch, index) (`derived_seed`), so it is
     the same whichever worker process, rank or resumed run draws it.
 A resumed run therefore only needs to know how far into the epoch it was: `ResumableLoader`'s
 state is the epoch and the number of samples already trained on, which it skips, without
@@ -28,10 +28,10 @@ def run_seed() -> int:
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The seed of one sample's random draws in one epoch. Python hashes a tuple of ints the same
-    in every process; torch's CPU generator keeps 32 bits of a seed."""
-    return hash((seed, epoch, index)) & 0xFFFF_FFFF
+def derived_seed(*keys: int) -> int:
+    """A seed for one use of the run's seed, e.g. (seed, epoch, index) for one sample in one epoch.
+    Python hashes a tuple of ints the same in every process; torch's CPU generator keeps 32 bits."""
+    return hash(keys) & 0xFFFF_FFFF
 
 
 class EpochOrder(DistributedSampler):

@@ -55,6 +55,7 @@ class SimCLR(Task):
         knn_k: int = 20,
         knn_temperature: float = 0.07,
         knn_every: int = 1,
+        projection_batch_norm: bool = True,
     ) -> None:
         super().__init__(optimizer=optimizer, schedule=schedule, warmup_fraction=warmup_fraction)
         for name, value in (("temperature", temperature), ("knn_temperature", knn_temperature)):
@@ -69,9 +70,10 @@ class SimCLR(Task):
         self.backbone = backbone
         width = backbone.out_features
         # SimCLR's projection head: the loss acts on its output, the backbone's features are kept.
-        self.projector = nn.Sequential(
-            nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, projection_dim)
-        )
+        # Batch norm in the head (as SimCLR has it) normalises per process unless the trainer
+        # synchronises it (`sync_batchnorm`, on GPUs); without it the head is batch-independent.
+        norm = nn.BatchNorm1d(width) if projection_batch_norm else nn.Identity()
+        self.projector = nn.Sequential(nn.Linear(width, width), norm, nn.ReLU(), nn.Linear(width, projection_dim))
         self.probe = nn.Linear(width, num_classes) if num_classes else None
         self.lr_scales["probe"] = probe_lr_scale
         self.no_decay.add("probe")  # a monitor: decay would bias what it reports about the features

@@ -19,12 +19,13 @@ from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import Metric
 
 from datamodules import contract
-from datamodules.sampling import gather_per_rank, own_state
+from datamodules.sampling import derived_seed, gather_per_rank, own_state, run_seed
 from models.checkpoints import load_pretrained
 from models.errors import NonFiniteLoss
 from models.lazy import has_lazy, materialize
 from models.optim import Schedule, check_optimizer, check_schedule, configure_optimization
 
+LAZY_INIT = -1  # the key of the lazy layers' seed, apart from every (epoch, sample) key
 METRIC_STATES = "metric_states"  # checkpoint entry: what each rank's metrics had accumulated
 
 
@@ -91,7 +92,12 @@ class Task(L.LightningModule):
         if has_lazy(self):
             datamodule = self.trainer.datamodule
             contract.check(datamodule)
-            materialize(self, datamodule.example_input, self.dry_run)
+            # Lazy layers draw their initial weights from a seed of their own (the module is still
+            # on the CPU here): the same whatever ran before, so one process and DDP (whose set-up
+            # re-seeds the global generator) start from the same weights; the global stream is left as it was.
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(derived_seed(run_seed(), LAZY_INIT))
+                materialize(self, datamodule.example_input, self.dry_run)
             for name in self.frozen:
                 self.get_submodule(name).requires_grad_(False)
 

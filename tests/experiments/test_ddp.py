@@ -1,5 +1,7 @@
 """Multi-process training is a flag: two gloo processes on CPU through the real CLI."""
 
+from pathlib import Path
+
 import pytest
 
 from experiments.cli import DEFAULTS
@@ -69,6 +71,46 @@ def test_test_metrics_on_two_processes_equal_one_process_for_a_set_that_does_not
     assert result.returncode == 0, result.stderr[-3000:]
     for key in ("test/acc", "test/loss", "test/f1"):
         assert f"{key} = {float(single[key]):.4f}" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "experiment, flags",
+    [
+        # Per-sample augmentation in a worker process.
+        ("cnn_augment", ["--data.batch_size=64", "--data.num_workers=1"]),
+        # Two views per sample, negatives gathered from both processes, the online probe.
+        ("simclr", ["--data.batch_size=128", "--data.augment.on_device=false", "--model.projection_batch_norm=false"]),
+    ],
+)
+def test_two_processes_with_batch_b_train_as_one_process_with_batch_2b(litlab, cli, experiment, flags):
+    # The same seed and global batch: each process takes every other sample of the epoch's order,
+    # so together they see what one process sees, batch for batch, with the same augmentation.
+    # - an even number of training samples: otherwise DistributedSampler repeats one sample to
+    #   even the processes' shares, which one process would not;
+    # - batch norm off: on CPUs torch cannot synchronise it (sync_batchnorm needs GPUs), and
+    #   statistics over each process's half of a batch differ from those over the whole batch;
+    # - float64, so that the comparison is tight: in float32 the different summation order is
+    #   amplified over the steps (Adam and ReLU/max-pool switching) to about 1e-3 after 2 epochs.
+    import torch
+
+    args = ["fit", "--config", str(DEFAULTS.parent / "digits" / f"{experiment}.yaml"), "--trainer.max_epochs=2",
+            "--data.batch_scope=global", "--data.val_fraction=0.126", "--model.backbone.batch_norm=false",
+            "--trainer.precision=64-true", *flags]
+    single = cli(*args)
+    assert len(single.datamodule.train_dataset) % 2 == 0
+    one = single.trainer.log_dir
+    two = litlab(*args, *TWO_PROCESSES, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    expected = torch.load(Path(one, "checkpoints", "last.ckpt"), weights_only=True)["state_dict"]
+    (run,) = [p for p in Path(one).parent.glob("version_*") if str(p) != str(Path(one))]
+    got = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert expected.keys() == got.keys()
+    for key, value in expected.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(got[key], value, rtol=1e-9, atol=1e-12, msg=lambda m: f"{key}: {m}")
+        else:
+            assert torch.equal(got[key], value), key
 
 
 @pytest.mark.slow
