@@ -351,6 +351,10 @@ class LitlabCLI(LightningCLI):
                 version = claim_version(root) if rank_zero_only.rank == 0 else None
                 csv_logger = CSVLogger(save_dir=logger.save_dir or ".", name=name, version=version)
             kwargs.setdefault("logger", [csv_logger, logger])
+            if self._get(self.config_init, "trainer", default={}).get("default_root_dir") is None:
+                # What Lightning files outside the loggers (SLURM's requeue checkpoint hpc_ckpt_N.ckpt)
+                # goes into the run directory, not wherever the job was started.
+                kwargs["default_root_dir"] = csv_logger.log_dir if rank_zero_only.rank == 0 else str(root)
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
