@@ -83,8 +83,8 @@ def read_wandb_run(run_dir: Path) -> dict:
 
     The log is a LevelDB-style record file: a 7-byte file header, then 32 KiB blocks of
     chunks, each with a 7-byte header (crc32, length, type); FULL/LAST chunks end a
-    protobuf `Record`. Returns the run's name, project and tags, its config, and the history
-    rows that were logged.
+    protobuf `Record`. Returns the run's name, project and tags, its config, the history
+    rows that were logged, and the artifacts (type and files) it logged.
     """
     import json
     import struct
@@ -95,7 +95,7 @@ def read_wandb_run(run_dir: Path) -> dict:
     data = path.read_bytes()
     assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
     block, header = 32768, 7
-    pos, chunks, config, history, run = header, [], {}, [], {}
+    pos, chunks, config, history, run, artifacts = header, [], {}, [], {}, []
     while pos + header <= len(data):
         if block - pos % block < header:  # the rest of a block too short for a header is padding
             pos += block - pos % block
@@ -114,10 +114,13 @@ def read_wandb_run(run_dir: Path) -> dict:
                 history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
             if field == "run":
                 run = {"name": record.run.display_name, "project": record.run.project, "tags": list(record.run.tags)}
+            if field == "artifact":
+                manifest = record.artifact.manifest.contents
+                artifacts.append({"type": record.artifact.type, "files": [entry.path for entry in manifest]})
             if field in ("config", "run"):
                 items = record.config.update if field == "config" else record.run.config.update
                 config.update({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items})
-    return {**run, "config": config, "history": history}
+    return {**run, "config": config, "history": history, "artifacts": artifacts}
 
 
 @pytest.fixture

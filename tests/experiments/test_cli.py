@@ -16,10 +16,12 @@ QUICK = ["--trainer.max_epochs=2", "--trainer.enable_progress_bar=false"]
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory: pytest.TempPathFactory, litlab):
-    """One real `litlab fit`, with W&B left to decide offline mode by itself (no credentials)."""
+    """One real `litlab fit`, with W&B left to decide offline mode by itself (no credentials), and
+    its checkpoints logged as W&B artifacts."""
     cwd = tmp_path_factory.mktemp("fit")
     result = litlab(
-        "fit", "--config", MLP, *QUICK, cwd=cwd, env={"WANDB_MODE": None, "WANDB_API_KEY": None, "HOME": str(cwd)}
+        "fit", "--config", MLP, *QUICK, "--trainer.logger.init_args.log_model=true",
+        cwd=cwd, env={"WANDB_MODE": None, "WANDB_API_KEY": None, "HOME": str(cwd)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return cwd, result
@@ -28,7 +30,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory, litlab):
 def test_fit_tests_the_best_checkpoint_and_says_where_everything_went(fitted):
     cwd, result = fitted
     (run,) = (cwd / "runs" / "digits-mlp").iterdir()
-    (best,) = (run / "checkpoints").glob("epoch*.ckpt")
+    (best,) = (run / "checkpoints").glob("best-epoch*.ckpt")
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert f"best checkpoint: {best.relative_to(cwd)}" in result.stdout
     accuracy = float(result.stdout.split("test/acc = ")[1].split()[0])
@@ -50,11 +52,13 @@ def test_without_credentials_the_run_is_logged_offline_with_history_and_config(f
     config = run["config"]["config"]
     assert config["model"]["init_args"]["backbone"]["class_path"] == "models.backbones.MLP"
     assert config["trainer"]["max_epochs"] == 2 and config["seed_everything"] == 0
+    # log_model works offline: the checkpoints are in the run, as model artifacts, to upload with it.
+    assert run["artifacts"] and all(a["type"] == "model" and a["files"] == ["model.ckpt"] for a in run["artifacts"])
 
 
 def test_test_and_predict_from_the_checkpoint(fitted, litlab):
     cwd, fit = fitted
-    (best,) = (cwd / "runs" / "digits-mlp").glob("version_0/checkpoints/epoch*.ckpt")
+    (best,) = (cwd / "runs" / "digits-mlp").glob("version_0/checkpoints/best-epoch*.ckpt")
     accuracy = float(fit.stdout.split("test/acc = ")[1].split()[0])
 
     tested = litlab("test", "--config", MLP, "--ckpt_path", str(best), "--trainer.enable_progress_bar=false")

@@ -53,7 +53,7 @@ def test_distillation_on_two_cpu_processes_completes_and_saves_the_student_alone
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("test/teacher_acc = ") == 1  # rank zero alone reports
     assert "Global batch size 128 = 64 per device x 2 process(es)" in result.stderr + result.stdout
-    (best,) = (tmp_path / "runs" / "digits-distill" / "version_0" / "checkpoints").glob("epoch*.ckpt")
+    (best,) = (tmp_path / "runs" / "digits-distill" / "version_0" / "checkpoints").glob("best-epoch*.ckpt")
     state = torch.load(best, weights_only=True)["state_dict"]
     assert {k.split(".")[0] for k in state} == {"backbone", "head"}  # the student's, no teacher weight
 
