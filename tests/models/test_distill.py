@@ -209,7 +209,7 @@ def test_with_few_labels_the_taught_student_beats_the_student_alone_by_five_poin
                      f"--seed_everything={seed}")
         taught.append(test_acc(distil))
     print(f"teacher {test_acc(teacher):.4f} scratch {scratch} taught {taught}")
-    # Measured: teacher 91.1%; scratch 84.4 / 87.2 / 84.7, taught 91.1 / 91.1 / 91.4 (+5.7 points on the mean).
+    # Measured: teacher 92.2%; scratch 86.1 / 86.4 / 87.8, taught 92.2 / 91.7 / 91.9 (+5.2 points on the mean).
     assert sum(taught) / 3 - sum(scratch) / 3 >= 0.05
     assert all(t > s for t, s in zip(taught, scratch))
 
