@@ -5,6 +5,7 @@ from datamodules.contract import IGNORE_INDEX, Batch
 from datamodules.digits import DigitsDataModule
 from datamodules.folder import FolderDataModule
 from datamodules.images import ImageDataModule
+from datamodules.text import TextDataModule
 from datamodules.transforms import Augmentation
 from datamodules.vision import VisionDataModule
 
@@ -18,5 +19,6 @@ __all__ = [
     "ImageDataModule",
     "Splits",
     "TensorSamples",
+    "TextDataModule",
     "VisionDataModule",
 ]

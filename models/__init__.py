@@ -10,6 +10,7 @@ TASKS = {
     "Classifier": "models.classifier",
     "Distill": "models.distill",
     "FineTune": "models.finetune",
+    "LanguageModel": "models.language_model",
     "SimCLR": "models.pretrain",
     "Task": "models.task",
 }

@@ -1,0 +1,238 @@
+"""Byte-level text for language models: a tokenizer that needs no download, corpora encoded
+once into a memory-mapped cache, and windows of tokens for causal or masked modelling.
+
+The vocabulary is the 256 byte values plus END (end of a document), PAD and MASK. Any text
+in any language is its UTF-8 bytes, so decoding gives back exactly what was encoded. The
+embedded corpus is Python's own documentation, `pydoc_data.topics` (about 466 KB, in every
+CPython), one document per topic; a user's corpus is a `.txt` file, a folder of them or a
+glob, one document per file, read as strict UTF-8.
+
+The encoded corpus is written once to `<cache_dir>/<key>.u8`: its bytes with 0xFF, a byte
+that never occurs in UTF-8, after each document, and read back through a memory map, so a
+corpus larger than memory works and a second run starts at once. The key covers the sources'
+paths, sizes and modification times and the split, so the cache is rebuilt when they change.
+Documents are split between train, val and test (seeded) or, with `split_by: position`, the
+stream is cut at fixed points; each split is one contiguous range, so no window straddles two.
+"""
+
+import glob
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datamodules.base import BatchScope, DataModule, Splits
+from datamodules.contract import IGNORE_INDEX, Batch
+from datamodules.sampling import derived_seed, run_seed
+from models.errors import ConfigError, check_fraction, check_positive
+
+END, PAD, MASK = 256, 257, 258
+VOCAB_SIZE = 259
+SEPARATOR = 0xFF  # END on disk: never a byte of UTF-8 text
+Objective = Literal["causal", "masked"]
+SplitBy = Literal["document", "position"]
+
+
+def encode(text: str) -> torch.Tensor:
+    """Token ids (T,) of `text`: its UTF-8 bytes (lone surrogates pass through, so any str round-trips)."""
+    return torch.tensor(list(text.encode("utf-8", "surrogatepass")), dtype=torch.long)
+
+
+def decode(ids: torch.Tensor | list[int]) -> str:
+    """Text of token ids; END, PAD and MASK are dropped, and bytes that do not form UTF-8 become U+FFFD."""
+    values = ids.tolist() if isinstance(ids, torch.Tensor) else ids
+    return bytes(i for i in values if i < SEPARATOR).decode("utf-8", "replace")
+
+
+def read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); convert it, "
+            f"e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8.txt, or leave it out."
+        ) from None
+
+
+def text_files(source: str) -> list[Path]:
+    """The .txt files a source names: one file, a folder (searched recursively) or a glob."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return [path]
+    files = sorted(path.rglob("*.txt")) if path.is_dir() else sorted(Path(p) for p in glob.glob(source, recursive=True))
+    files = [f for f in files if f.is_file()]
+    if not files:
+        raise ConfigError(f"No .txt files at {source}; give a text file, a folder of .txt files or a glob.")
+    return files
+
+
+class TokenWindows(Dataset):
+    """Windows of one split of the cached corpus, each {"input", "target", "padding_mask"} of `block_size` tokens.
+
+    Training windows start at a random place, seeded by (seed, epoch, index) like every
+    random draw of a training epoch (the loader sets `epoch`); evaluation windows walk the
+    split without overlap, the last one padded, so every token is scored exactly once.
+    `causal`: the target is the next token. `masked`: BERT's corruption of 15% of the
+    positions (80% become MASK, 10% a random byte, 10% stay), scored only there.
+    """
+
+    def __init__(self, path: Path, start: int, end: int, block_size: int, objective: Objective, train: bool,
+                 seed: int, mask_fraction: float = 0.15) -> None:
+        self.path, self.start, self.end, self.block_size = path, start, end, block_size
+        self.objective, self.train, self.seed, self.mask_fraction = objective, train, seed, mask_fraction
+        self.epoch = 0
+        self.shift = 1 if objective == "causal" else 0  # a causal window needs one more token, its last target
+        self.tokens: np.memmap | None = None  # opened lazily: in each worker process, never pickled
+        span = end - start - self.shift
+        if span < block_size:
+            raise ConfigError(
+                f"A split of {end - start} tokens is shorter than block_size {block_size}; lower block_size "
+                "or give more text."
+            )
+        self.count = span // block_size if train else -(-span // block_size)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "tokens": None}
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> Batch:
+        if self.tokens is None:
+            self.tokens = np.memmap(self.path, dtype=np.uint8, mode="r")
+        n = self.block_size + self.shift
+        if self.train:
+            g = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch, i))
+            first = self.start + int(torch.randint(self.end - self.start - n + 1, (), generator=g))
+        else:
+            g = torch.Generator().manual_seed(derived_seed(self.seed, -2, i))  # the same corruption every evaluation
+            first = self.start + i * self.block_size
+        window = torch.from_numpy(np.array(self.tokens[first : min(first + n, self.end)], dtype=np.int64))
+        window[window == SEPARATOR] = END
+        real = len(window) - self.shift  # positions with a target
+        window = torch.cat([window, torch.full((n - len(window),), PAD)])  # the last evaluation window
+        x = window[: self.block_size].clone()
+        padding = torch.arange(self.block_size) >= real
+        if self.objective == "causal":
+            y = window[1:].clone()
+            y[padding] = IGNORE_INDEX
+            return {"input": x, "target": y, "padding_mask": padding}
+        chosen = (torch.rand(self.block_size, generator=g) < self.mask_fraction) & ~padding
+        y = torch.where(chosen, x, IGNORE_INDEX)
+        roll = torch.rand(self.block_size, generator=g)
+        x = torch.where(chosen & (roll < 0.8), MASK, x)
+        random_byte = torch.randint(0, SEPARATOR, (self.block_size,), generator=g)
+        x = torch.where(chosen & (roll >= 0.8) & (roll < 0.9), random_byte, x)
+        return {"input": x, "target": y, "padding_mask": padding}
+
+
+class TextDataModule(DataModule):
+    """Byte-level text for `models.LanguageModel`, `causal` (GPT) or `masked` (BERT).
+
+    source: None for the embedded corpus (Python's pydoc topics), or a .txt file, a folder or a glob.
+    block_size: tokens per window (the model's context).
+    """
+
+    num_classes = None
+    vocab_size = VOCAB_SIZE
+
+    def __init__(
+        self,
+        source: str | None = None,
+        objective: Objective = "causal",
+        block_size: int = 128,
+        split_by: SplitBy = "document",
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        mask_fraction: float = 0.15,
+        cache_dir: str | None = None,
+        batch_size: int = 32,
+        batch_scope: BatchScope = "device",
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(val_fraction, 1.0, "drop", batch_size, batch_scope, num_workers, seed)
+        check_positive("TextDataModule", block_size=block_size)
+        check_fraction("TextDataModule", test_fraction=test_fraction, mask_fraction=mask_fraction)
+        if objective not in ("causal", "masked"):
+            raise ConfigError(f"objective must be 'causal' or 'masked'; got {objective!r}.")
+        if split_by not in ("document", "position"):
+            raise ConfigError(f"split_by must be 'document' or 'position'; got {split_by!r}.")
+        if val_fraction + test_fraction >= 1.0:
+            raise ConfigError(
+                f"val_fraction + test_fraction must leave text to train on; got {val_fraction} + {test_fraction}."
+            )
+        self.save_hyperparameters()
+        self.source, self.objective, self.block_size, self.split_by = source, objective, block_size, split_by
+        self.test_fraction, self.mask_fraction = test_fraction, mask_fraction
+        self.cache_dir = Path(cache_dir or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "litlab" / "text"
+        if cache_dir is not None:
+            self.cache_dir = Path(cache_dir)
+
+    @property
+    def example_input(self) -> torch.Tensor:
+        return torch.zeros(2, self.block_size, dtype=torch.long)
+
+    # ---- the corpus and its cache ----
+
+    def documents(self) -> tuple[list[tuple[str, callable]], str]:
+        """[(name, read)] of the corpus's documents, and a fingerprint of their versions."""
+        if self.source is None:
+            from pydoc_data.topics import topics
+
+            return [(name, (lambda name=name: topics[name])) for name in sorted(topics)], sys.version
+        files = text_files(self.source)
+        stamp = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        return [(str(f), (lambda f=f: read_utf8(f))) for f in files], json.dumps(stamp)
+
+    def cached_corpus(self) -> tuple[Path, dict[str, tuple[int, int]]]:
+        """The cache file, encoded if missing or stale, and each split's (start, end) in it."""
+        docs, stamp = self.documents()
+        split = (self.split_by, self.val_fraction, self.test_fraction, self.seed)
+        key = hashlib.sha256(json.dumps([self.source, stamp, split]).encode()).hexdigest()[:16]
+        path, index = self.cache_dir / f"{key}.u8", self.cache_dir / f"{key}.json"
+        if path.is_file() and index.is_file():
+            return path, {k: tuple(v) for k, v in json.loads(index.read_text()).items()}
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        if self.split_by == "document":
+            if len(docs) < 3:
+                raise ConfigError(
+                    f"split_by: document needs at least 3 documents (files) and {self.source} has {len(docs)}; "
+                    "use split_by: position."
+                )
+            order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(self.seed)).tolist()
+            docs = [docs[i] for i in order]
+        tmp = path.with_suffix(".tmp")
+        ends = []
+        with tmp.open("wb") as out:  # one document at a time: the corpus never has to fit in memory
+            for _, read in docs:
+                out.write(read().encode("utf-8", "surrogatepass") + bytes([SEPARATOR]))
+                ends.append(out.tell())
+        total = ends[-1]
+        cut_val, cut_test = (1.0 - self.val_fraction - self.test_fraction) * total, (1.0 - self.test_fraction) * total
+        if self.split_by == "document":  # at the document ends nearest the fractions, a document at least each
+            nearest = [min(range(len(ends)), key=lambda i: abs(ends[i] - cut)) for cut in (cut_val, cut_test)]
+            first_val = min(max(nearest[0], 0), len(ends) - 3)
+            first_test = min(max(nearest[1], first_val + 1), len(ends) - 2)
+            cut_val, cut_test = ends[first_val], ends[first_test]
+        bounds = {"train": (0, int(cut_val)), "val": (int(cut_val), int(cut_test)), "test": (int(cut_test), total)}
+        if any(end <= start for start, end in bounds.values()):
+            raise ConfigError(f"The corpus is too small to split {bounds}; give more text or change the fractions.")
+        os.replace(tmp, path)  # whole or absent, even if interrupted
+        index.write_text(json.dumps(bounds))
+        return path, bounds
+
+    def load(self) -> Splits:
+        path, bounds = self.cached_corpus()
+        common = dict(block_size=self.block_size, objective=self.objective, seed=run_seed(),
+                      mask_fraction=self.mask_fraction)
+        train, val, test = (TokenWindows(path, *bounds[name], train=name == "train", **common)
+                            for name in ("train", "val", "test"))
+        self.bytes_per_split = {name: end - start for name, (start, end) in bounds.items()}
+        return Splits(train=train, val=val, test=test)

@@ -1,0 +1,129 @@
+"""LanguageModel: a token Transformer trained on text, causal (GPT) or masked (BERT)."""
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from torch import nn
+from torchmetrics import MeanMetric
+
+from datamodules.contract import IGNORE_INDEX, Batch, field
+from models.errors import ConfigError
+from models.optim import Schedule
+from models.task import Task
+
+Objective = Literal["causal", "masked"]
+
+
+class LanguageModel(Task):
+    """The backbone (a `Transformer` with `input: tokens`) and a language-model head whose
+    weights are the token embedding's (weight tying, as GPT-2 and nanoGPT do).
+
+    `causal`: the backbone must be causal; each position predicts the next token.
+    `masked`: the backbone must not be; the loss is scored only where the data corrupted
+    the input (target not IGNORE_INDEX). Losses are in nats per scored token; `val/bpb` is
+    the loss in bits (per byte, with the byte-level tokenizer) and `val/ppl` its perplexity.
+    `compile` wraps the backbone in `torch.compile`.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        objective: Objective = "causal",
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        schedule: Schedule = "cosine",
+        warmup_fraction: float | None = None,
+        compile: bool = False,
+    ) -> None:
+        super().__init__(optimizer=optimizer, schedule=schedule, warmup_fraction=warmup_fraction)
+        embed = getattr(backbone, "embed", None)
+        if not isinstance(embed, nn.Embedding):
+            raise ConfigError(
+                f"LanguageModel needs a token backbone (models.backbones.Transformer with input: tokens); "
+                f"got {type(backbone).__name__}."
+            )
+        if objective not in ("causal", "masked"):
+            raise ConfigError(f"objective must be 'causal' or 'masked'; got {objective!r}.")
+        if (objective == "causal") != bool(getattr(backbone, "causal", False)):
+            need = "causal: true" if objective == "causal" else "causal: false"
+            raise ConfigError(f"objective {objective} needs a backbone with {need}; set it on the Transformer.")
+        self.save_hyperparameters(ignore=["backbone", "optimizer"])
+        self.backbone = backbone
+        self.head = nn.Linear(embed.embedding_dim, embed.num_embeddings, bias=False)
+        self.head.weight = embed.weight  # tied: one matrix reads tokens in and writes them out
+        self.objective = objective
+        self.no_decay.update({"backbone.embed", "backbone.pos"})  # embeddings, as GPT-2 and nanoGPT do
+        self.features = torch.compile(backbone.forward_features) if compile else backbone.forward_features
+        self.eval_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
+
+    def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab) for every position of `tokens` (B, T)."""
+        return self.head(self.features(tokens, padding_mask))
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean loss over the scored positions, their count)."""
+        tokens = field(batch, "input", type(self).__name__)
+        # A causal model never looks ahead, so right padding needs no mask; a masked one must not attend to it.
+        mask = batch.get("padding_mask") if self.objective == "masked" else None
+        logits = self(tokens, mask)  # (B, T, V)
+        target = batch["target"]
+        count = (target != IGNORE_INDEX).sum()
+        total = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        return total / count.clamp(min=1), count
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss, _ = self.loss(batch)
+        self.log_train({"train/loss": loss}, batch_size=len(batch["target"]))
+        return loss
+
+    def _evaluate(self, batch: Batch, stage: str) -> None:
+        loss, count = self.loss(batch)
+        self.eval_loss[stage].update(loss, weight=count)  # a mean over tokens, exact across batches and ranks
+
+    def _log_evaluation(self, stage: str) -> None:
+        loss = self.eval_loss[stage].compute()
+        self.eval_loss[stage].reset()
+        self.log(f"{stage}/loss", loss, prog_bar=True)
+        self.log(f"{stage}/bpb", loss / math.log(2), prog_bar=True)
+        self.log(f"{stage}/ppl", loss.exp())
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_evaluation("val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluation("test")
+
+    @torch.no_grad()
+    def generate(
+        self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Continue `prompt` (T,) token by token; temperature 0 picks the likeliest token."""
+        if self.objective != "causal":
+            raise ConfigError("generate needs a causal model; a masked model fills in blanks instead.")
+        was_training = self.training
+        self.eval()
+        tokens = prompt.to(self.device)[None]  # (1, T)
+        for _ in range(max_new_tokens):
+            context = tokens[:, -self.backbone.max_len :]  # the longest context the positions allow
+            logits = self(context)[0, -1].float()  # (V,)
+            if temperature == 0:
+                nxt = logits.argmax()[None]
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, len(logits))).values[-1]
+                    logits[logits < kth] = -float("inf")
+                probs = logits.softmax(dim=-1)
+                nxt = torch.multinomial(probs.cpu(), 1, generator=generator).to(tokens.device)
+            tokens = torch.cat([tokens, nxt[None]], dim=1)
+        self.train(was_training)
+        return tokens[0, len(prompt) :]
