@@ -5,6 +5,7 @@ import netrc
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
 from dataclasses import dataclass
@@ -133,8 +134,10 @@ class ResumedCSVLogger(CSVLogger):
             writer.metrics, writer.metrics_keys = kept, header
         return self._experiment
 
-# Run directories claimed by this process, removed again if the run is refused before writing anything.
+# Run directories claimed by this process, removed again if the run is refused before it trains:
+# while they hold nothing but what is written as a run starts.
 CLAIMED: list[Path] = []
+RUN_PREAMBLE = {"config.yaml", "hparams.yaml", WANDB_ID}
 
 
 def claim_version(root: Path) -> int:
@@ -456,9 +459,9 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(STOPPED)
     except (ConfigError, MisconfigurationException, FileNotFoundError) as err:
         print(f"litlab: error: {err}", file=sys.stderr)
-        for folder in CLAIMED:  # a refused run leaves no empty run directory behind
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+        for folder in CLAIMED:  # a refused run leaves no run directory behind, only ever its own fresh one
+            if folder.is_dir() and all(p.name in RUN_PREAMBLE for p in folder.iterdir()):
+                shutil.rmtree(folder)
         if wandb.run is not None:
             wandb.finish(exit_code=2)
         sys.exit(2)

@@ -173,6 +173,7 @@ MLP_YAML = str(DEFAULTS.parent / "digits" / "mlp.yaml")
 RNN_YAML = str(DEFAULTS.parent / "digits" / "rnn.yaml")
 TRANSFORMER_YAML = str(DEFAULTS.parent / "digits" / "transformer.yaml")
 SIMCLR_YAML = str(DEFAULTS.parent / "digits" / "simclr.yaml")
+GPT_YAML = str(DEFAULTS.parent / "text" / "gpt_small.yaml")
 FINETUNE_YAML = str(DEFAULTS.parent / "digits" / "finetune.yaml")
 
 
@@ -197,12 +198,24 @@ FINETUNE_YAML = str(DEFAULTS.parent / "digits" / "finetune.yaml")
         (SIMCLR_YAML, "--model.knn_k=-1", "SimCLR knn_k must be 0 (no k-NN monitor) or more; got -1."),
         (FINETUNE_YAML, "--model.backbone_lr_scale=0", "backbone_lr_scale must be positive; got 0.0."),
         (DISTILL, "--model.alpha=2", "alpha weighs the soft targets against the labels and must be in [0, 1]"),
+        (CNN, "--trainer.callbacks.every_n_train_steps=0", "LatestCheckpoint every_n_train_steps must be positive"),
+        (GPT_YAML, "--data.block_size=0", "TextDataModule block_size must be positive; got 0."),
+        (GPT_YAML, "--data.mask_fraction=1.5", "TextDataModule mask_fraction must be in [0, 1); got 1.5."),
     ],
     ids=lambda value: value.split("--")[-1] if isinstance(value, str) and value.startswith("--") else None,
 )
 def test_an_out_of_range_number_is_one_clear_line(litlab_main, monkeypatch, config, flag, message):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     one_error_line(*litlab_main("fit", "--config", config, flag)[::2], message)
+
+
+def test_a_text_file_that_is_not_utf8_is_one_clear_line_and_leaves_no_run(litlab_main, monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    (tmp_path / "notes.txt").write_bytes("un café crème, s'il vous plaît".encode("latin-1"))
+    code, _, err = litlab_main("fit", "--config", GPT_YAML, f"--data.source={tmp_path / 'notes.txt'}",
+                               "--data.split_by=position")
+    one_error_line(code, err, "notes.txt is not UTF-8 text (byte 0xe9 at offset 6); convert it")
+    assert not list(Path("runs").glob("*/version_*"))
 
 
 def test_a_damaged_or_mismatched_checkpoint_is_one_clear_line_and_leaves_no_run(litlab_main, monkeypatch, tmp_path):
