@@ -2,6 +2,7 @@
 
 from callbacks.checkpoints import LatestCheckpoint
 from callbacks.prediction_writer import CSVPredictionWriter
+from callbacks.text_samples import TextSamples
 from callbacks.random_state import RandomState
 
-__all__ = ["CSVPredictionWriter", "LatestCheckpoint", "RandomState"]
+__all__ = ["CSVPredictionWriter", "LatestCheckpoint", "RandomState", "TextSamples"]

@@ -10,7 +10,8 @@ from lightning.pytorch.utilities import rank_zero_info
 
 class CSVPredictionWriter(BasePredictionWriter):
     """Columns: `index` (position in the predict dataset), `target` when the data has labels,
-    `pred`, and one `prob_<class>` column per class.
+    `pred`, and one `prob_<class>` column per class; for a language model, `index`, `prompt`
+    and `continuation`.
 
     `path` defaults to `predictions.csv` in the run's log directory. Under DDP each rank writes
     its share to `<stem>.rank<R>.csv`; the `index` column says where every row belongs.
@@ -34,8 +35,12 @@ class CSVPredictionWriter(BasePredictionWriter):
         if predictions and isinstance(predictions[0], dict):
             predictions = [predictions]
         rows = []
-        for dl_predictions, dl_indices in zip(predictions, batch_indices):
-            for batch, indices in zip(dl_predictions, dl_indices):
+        for dl_predictions, dl_indices in zip(predictions, batch_indices or [[]] * len(predictions)):
+            for b, batch in enumerate(dl_predictions):
+                if "continuation" in batch:  # a language model continued one prompt (unbatched: no sampler indices)
+                    rows.append({"index": b, **batch})
+                    continue
+                indices = dl_indices[b]
                 probs = batch["probs"].float().cpu()
                 target = batch.get("target")
                 for i, index in enumerate(indices):

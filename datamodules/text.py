@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import BatchScope, DataModule, Splits
 from datamodules.contract import IGNORE_INDEX, Batch
@@ -137,6 +137,7 @@ class TextDataModule(DataModule):
 
     source: None for the embedded corpus (Python's pydoc topics), or a .txt file, a folder or a glob.
     block_size: tokens per window (the model's context).
+    prompts_file: UTF-8 text, one prompt per line, that `litlab predict` continues.
     """
 
     num_classes = None
@@ -152,6 +153,7 @@ class TextDataModule(DataModule):
         test_fraction: float = 0.1,
         mask_fraction: float = 0.15,
         cache_dir: str | None = None,
+        prompts_file: str | None = None,
         batch_size: int = 32,
         batch_scope: BatchScope = "device",
         num_workers: int = 0,
@@ -171,6 +173,7 @@ class TextDataModule(DataModule):
         self.save_hyperparameters()
         self.source, self.objective, self.block_size, self.split_by = source, objective, block_size, split_by
         self.test_fraction, self.mask_fraction = test_fraction, mask_fraction
+        self.prompts_file = prompts_file
         self.cache_dir = Path(cache_dir or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "litlab" / "text"
         if cache_dir is not None:
             self.cache_dir = Path(cache_dir)
@@ -236,3 +239,13 @@ class TextDataModule(DataModule):
                             for name in ("train", "val", "test"))
         self.bytes_per_split = {name: end - start for name, (start, end) in bounds.items()}
         return Splits(train=train, val=val, test=test)
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.prompts_file is None:
+            raise ConfigError("litlab predict on text continues prompts: give --data.prompts_file, one prompt per line.")
+        lines = read_utf8(Path(self.prompts_file)).splitlines()
+        prompts = [{"prompt": line, "input": encode(line)} for line in lines if line.strip()]
+        if not prompts:
+            raise ConfigError(f"{self.prompts_file} holds no prompt; write one per line.")
+        # One prompt a batch: prompts differ in length, and generation goes token by token anyway.
+        return DataLoader(prompts, batch_size=None)

@@ -10,6 +10,8 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from datamodules.contract import IGNORE_INDEX, Batch, field
+from datamodules.sampling import derived_seed, run_seed
+from datamodules.text import decode
 from models.errors import ConfigError
 from models.optim import Schedule
 from models.task import Task
@@ -25,7 +27,8 @@ class LanguageModel(Task):
     `masked`: the backbone must not be; the loss is scored only where the data corrupted
     the input (target not IGNORE_INDEX). Losses are in nats per scored token; `val/bpb` is
     the loss in bits (per byte, with the byte-level tokenizer) and `val/ppl` its perplexity.
-    `compile` wraps the backbone in `torch.compile`.
+    `compile` wraps the backbone in `torch.compile`. A causal model continues `sample_prompts`
+    by `sample_tokens` after every validation (`callbacks.TextSamples`).
     """
 
     def __init__(
@@ -36,6 +39,8 @@ class LanguageModel(Task):
         schedule: Schedule = "cosine",
         warmup_fraction: float | None = None,
         compile: bool = False,
+        sample_prompts: list[str] | None = None,
+        sample_tokens: int = 80,
     ) -> None:
         super().__init__(optimizer=optimizer, schedule=schedule, warmup_fraction=warmup_fraction)
         embed = getattr(backbone, "embed", None)
@@ -57,6 +62,17 @@ class LanguageModel(Task):
         self.no_decay.update({"backbone.embed", "backbone.pos"})  # embeddings, as GPT-2 and nanoGPT do
         self.features = torch.compile(backbone.forward_features) if compile else backbone.forward_features
         self.eval_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
+        if sample_prompts and objective != "causal":
+            raise ConfigError("sample_prompts needs a causal model; a masked model does not continue text.")
+        self.sample_prompts, self.sample_tokens = sample_prompts or [], sample_tokens
+
+    def configure_callbacks(self):
+        # The model's own monitor, added to the trainer's callbacks (Lightning's hook for this).
+        if not self.sample_prompts:
+            return []
+        from callbacks.text_samples import TextSamples
+
+        return [TextSamples(self.sample_prompts, self.sample_tokens)]
 
     def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, vocab) for every position of `tokens` (B, T)."""
@@ -100,6 +116,12 @@ class LanguageModel(Task):
 
     def on_test_epoch_end(self) -> None:
         self._log_evaluation("test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, str]:
+        """The continuation of one prompt, sampled as `sample_tokens` tokens with a seed of its own."""
+        generator = torch.Generator().manual_seed(derived_seed(run_seed(), batch_idx))
+        tokens = self.generate(batch["input"], self.sample_tokens, temperature=0.8, top_k=40, generator=generator)
+        return {"prompt": batch["prompt"], "continuation": decode(tokens)}
 
     @torch.no_grad()
     def generate(
