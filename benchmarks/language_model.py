@@ -1,23 +1,23 @@
-"""Training throughput of `models.LanguageModel` through Lightning against a bare PyTorch loop.
+"""Training throughput of `models.LanguageModel` through Lightning against a bare PyTorch loop, in one process.
 
     .venv/bin/python benchmarks/language_model.py               # or: --steps 60 --warmup 5 --repeats 5
 
 The recipe of experiments/text/gpt_small.yaml (causal byte-level Transformer, d_model 128,
 depth 4, 4 heads, block 128, batch 32; AdamW lr 3e-3 betas (0.9, 0.95) weight decay 0.1 off
-biases, norms and embeddings; cosine schedule with 5% linear warmup; gradient clipping 1.0)
-is trained twice per repeat, interleaved, order alternating: once by `lightning.Trainer.fit`
-and once by a nanoGPT-style loop (forward_features -> tied head -> cross entropy, backward,
-clip, step, schedule, zero_grad). Both start from the same weights and read the same batches,
-drawn once from the TextDataModule and held in memory (one DataLoader over them serves both),
-so data loading is out of both. The `--warmup` first steps (first-call costs) are trained but
-not timed; the timed span runs from the end of the last of them to the end of the last step.
-Model building and Trainer start-up are outside it. Prints tokens/s per repeat and a Markdown
-table of the litlab / bare throughput ratio (below 1: litlab is slower).
+biases, norms and embeddings; cosine schedule with 5% linear warmup, on both sides; gradient
+clipping 1.0) is trained twice per repeat, interleaved, order alternating: once by
+`lightning.Trainer.fit` and once by a nanoGPT-style loop (forward_features -> tied head ->
+cross entropy, backward, clip, step, schedule, zero_grad). Both start from the same weights
+and read the same batches, drawn once from the TextDataModule and held in memory (one
+DataLoader over them serves both), so data loading is out of both. The `--warmup` first steps
+(first-call costs) are trained but not timed; the timed span runs from the end of the last of
+them to the end of the last step, so model building and Trainer start-up are outside it.
+Prints tokens/s per repeat and a Markdown table of the litlab / bare throughput ratio.
 """
 
 import os
 
-# One thread on both sides, as benchmarks/overhead.py: thread scheduling noise on a shared machine would swamp the difference.
+# One thread on both sides, as benchmarks/overhead.py: thread scheduling noise would swamp the difference.
 os.environ["OMP_NUM_THREADS"] = "1"
 
 import argparse
@@ -51,13 +51,13 @@ LR, BETAS, WEIGHT_DECAY, WARMUP_FRACTION, CLIP = 3e-3, (0.9, 0.95), 0.1, 0.05, 1
 
 
 def groups(opt: torch.optim.Optimizer) -> list[tuple]:
-    """(weight decay, parameters, last learning rate) per group: equal on both sides iff they optimize alike."""
+    """(weight decay, parameter count, last learning rate) per group: equal iff both sides optimize alike."""
     return sorted((g["weight_decay"], sum(p.numel() for p in g["params"]), round(g["lr"], 12)) for g in opt.param_groups)
 
 
 class StepTimer(L.Callback):
-    """Times from the end of warm-up step `warmup - 1` to the end of the last: every per-step cost
-    of the loop in between (fetch, transfer, hooks, logging, schedule) is counted once a step."""
+    """From the end of the last warm-up step to the end of the last step, as the bare loop is timed:
+    every per-step cost of Lightning's loop (fetch, transfer, hooks, logging, schedule) counts once a step."""
 
     def __init__(self, warmup: int, total: int) -> None:
         self.warmup, self.total = warmup, total
@@ -81,25 +81,24 @@ def litlab(template: nn.Module, batches: DataLoader, warmup: int) -> tuple[float
         num_sanity_val_steps=0, callbacks=[timer],
     )
     gc.collect()  # neither side pays for the other's garbage
-    trainer.fit(model, train_dataloaders=batches)  # no validation
+    trainer.fit(model, train_dataloaders=batches)  # no validation loader: training alone
     return timer.seconds, timer.loss, groups(trainer.optimizers[0])
 
 
 def bare(template: nn.Module, batches: DataLoader, warmup: int) -> tuple[float, float, list]:
-    backbone = copy.deepcopy(template)
+    backbone = copy.deepcopy(template).train()
     head = nn.Linear(backbone.out_features, backbone.embed.num_embeddings, bias=False)
-    head.weight = backbone.embed.weight  # tied, as LanguageModel and nanoGPT
-    decay = {True: [], False: []}  # LanguageModel's groups: no decay on biases, norms and embeddings (nanoGPT decays those)
+    head.weight = backbone.embed.weight  # tied, as in LanguageModel and nanoGPT
+    decay = {True: [], False: []}  # LanguageModel's groups: no decay on biases, norms, embeddings (nanoGPT decays these)
     for name, p in backbone.named_parameters():
         decay[p.ndim >= 2 and not name.startswith(("embed.", "pos."))].append(p)
     opt = torch.optim.AdamW([{"params": decay[True]}, {"params": decay[False], "weight_decay": 0.0}],
                             lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
-    # models/optim.py's cosine schedule, stepped every step, so both sides train on the same learning rates.
+    # models/optim.py's cosine schedule, stepped every step: both sides train at the same learning rates.
     ramp = int(WARMUP_FRACTION * len(batches))
     scheduler = CosineAnnealingLR(opt, T_max=max(len(batches) - ramp, 1))
     if ramp:
         scheduler = SequentialLR(opt, [LinearLR(opt, 1.0 / ramp, total_iters=ramp), scheduler], milestones=[ramp])
-    backbone.train()
     gc.collect()
     for i, batch in enumerate(batches):
         logits = head(backbone.forward_features(batch["input"]))
@@ -125,41 +124,41 @@ def main() -> None:
     torch.set_num_threads(1)
     for name in ("lightning.pytorch", "lightning.fabric"):  # per-run banners, not results
         logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", ".*(log_every_n_steps|val_dataloader|num_workers).*")  # expected here
+    warnings.filterwarnings("ignore", ".*(log_every_n_steps|num_workers).*")  # expected of a short in-memory run
     data = TextDataModule(objective="causal", block_size=128, batch_size=32, val_fraction=0.1, test_fraction=0.1,
                           cache_dir=tempfile.mkdtemp(prefix="litlab-lm-bench-"))  # no race on a shared cache
     data.setup("fit")
     loader = DataLoader(data.train_dataset, batch_size=data.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(0))
     held = list(itertools.islice(loader, args.warmup + args.steps))
-    assert len(held) == args.warmup + args.steps, f"the corpus has only {len(loader)} training batches"
+    if len(held) < args.warmup + args.steps:
+        sys.exit(f"the corpus has {len(held)} training batches; lower --steps or --warmup")
     tokens = sum(b["input"].numel() for b in held[args.warmup:])
-    # One loader over the held batches, for both sides: Lightning reads a bare list as a list of loaders.
-    batches = DataLoader(held, batch_size=None)
+    batches = DataLoader(held, batch_size=None)  # a loader, not the list: Lightning reads a list as several loaders
     torch.manual_seed(0)
     template = Transformer(input="tokens", vocab_size=data.vocab_size, causal=True, d_model=128, depth=4, heads=4,
                            max_len=128)
-    sides = {"litlab": litlab, "bare": bare}
     rows = []  # (litlab tokens/s, bare tokens/s) per repeat
     for repeat in range(args.repeats):
         # Alternate the order, so neither side always runs on a warmer cache or a quieter machine.
-        order = ["litlab", "bare"] if repeat % 2 == 0 else ["bare", "litlab"]
-        timed = {side: sides[side](template, batches, args.warmup) for side in order}
+        order = [litlab, bare] if repeat % 2 == 0 else [bare, litlab]
+        timed = {side.__name__: side(template, batches, args.warmup) for side in order}
         (lit_s, lit_loss, lit_groups), (bare_s, bare_loss, bare_groups) = timed["litlab"], timed["bare"]
-        # Same weights, batches and updates: the last losses agree up to float rounding, or the work differs.
+        # Same weights, batches and updates: the last losses agree to rounding, or the two did different work.
         assert abs(lit_loss - bare_loss) < 1e-3, f"last loss: litlab {lit_loss:.5f}, bare {bare_loss:.5f}"
         assert lit_groups == bare_groups, f"optimizer groups: litlab {lit_groups}, bare {bare_groups}"
         rows.append((tokens / lit_s, tokens / bare_s))
-        print(f"repeat {repeat}: litlab {tokens / lit_s:,.0f} tok/s, bare {tokens / bare_s:,.0f} tok/s, "
-              f"ratio {bare_s / lit_s:.3f} (last loss {lit_loss:.4f} / {bare_loss:.4f})", file=sys.stderr, flush=True)
+        print(f"repeat {repeat}: litlab {tokens / lit_s:,.0f} tokens/s, bare {tokens / bare_s:,.0f} tokens/s, "
+              f"ratio {bare_s / lit_s:.3f}, last loss {lit_loss:.4f} / {bare_loss:.4f}", file=sys.stderr, flush=True)
     ratios = [lit / b for lit, b in rows]
     print(f"\ntorch {torch.__version__}, lightning {L.__version__}, {torch.get_num_threads()} thread(s), "
           f"{args.repeats} repeats of {args.steps} timed steps after {args.warmup} warm-up, "
-          f"{tokens // args.steps} tokens/step\n")
+          f"{tokens // args.steps} tokens a step, code from {Path(models.__file__).parents[1]}\n")
     print("| model | litlab tokens/s | bare tokens/s | ratio litlab / bare min / median / max |")
     print("|---|---|---|---|")
-    print(f"| text/gpt_small | {statistics.median(r[0] for r in rows):,.0f} | {statistics.median(r[1] for r in rows):,.0f} "
-          f"| {min(ratios):.3f} / {statistics.median(ratios):.3f} / {max(ratios):.3f} |")
+    lit, bare_ = (statistics.median(r[i] for r in rows) for i in (0, 1))
+    print(f"| text/gpt_small | {lit:,.0f} | {bare_:,.0f} | "
+          f"{min(ratios):.3f} / {statistics.median(ratios):.3f} / {max(ratios):.3f} |")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def test_augmentation_buys_robustness_to_shifts_without_costing_accuracy(cli) ->
 
     (clean, shifted), (clean_augmented, shifted_augmented) = accuracies("cnn.yaml"), accuracies("cnn_augment.yaml")
     print(f"clean {clean:.4f} -> {clean_augmented:.4f}, shifted {shifted:.4f} -> {shifted_augmented:.4f}")
-    # Measured (seed 0): shifted 78.6% -> 99.4%, clean 99.7% -> 99.2%.
+    # Measured (seed 0): shifted 78.9% -> 99.2%, clean 99.7% -> 99.2%.
     assert shifted_augmented >= shifted + 0.10 and shifted_augmented >= 0.95
     assert clean_augmented >= clean - 0.01  # four test images of 360 at most
 

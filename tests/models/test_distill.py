@@ -226,6 +226,6 @@ def test_with_all_labels_a_patient_consistent_teacher_beats_the_student_alone(cl
         distil = cli("fit", "--config", str(DIGITS / "distill.yaml"), f"--model.teacher_checkpoint={checkpoint}", f"--seed_everything={seed}")
         taught.append(test_acc(distil))
     print(f"teacher {test_acc(teacher):.4f} scratch {scratch} taught {taught}")
-    # Measured: teacher 99.7%; scratch 97.5 / 96.9 / 96.7, taught 98.3 / 98.1 / 98.6 (+1.3 points on the mean).
+    # Measured: teacher 99.7%; scratch 96.9 / 97.5 / 96.9, taught 98.3 / 98.6 / 98.3 (+1.3 points on the mean).
     assert all(t > s for t, s in zip(taught, scratch))
     assert sum(taught) / 3 - sum(scratch) / 3 >= 0.008  # three test images of 360
