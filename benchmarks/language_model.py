@@ -2,17 +2,13 @@
 
     .venv/bin/python benchmarks/language_model.py               # or: --steps 60 --warmup 5 --repeats 5
 
-The recipe of experiments/text/gpt_small.yaml (causal byte-level Transformer, d_model 128,
-depth 4, 4 heads, block 128, batch 32; AdamW lr 3e-3 betas (0.9, 0.95) weight decay 0.1 off
-biases, norms and embeddings; cosine schedule with 5% linear warmup, on both sides; gradient
-clipping 1.0) is trained twice per repeat, interleaved, order alternating: once by
-`lightning.Trainer.fit` and once by a nanoGPT-style loop (forward_features -> tied head ->
-cross entropy, backward, clip, step, schedule, zero_grad). Both start from the same weights
-and read the same batches, drawn once from the TextDataModule and held in memory (one
-DataLoader over them serves both), so data loading is out of both. The `--warmup` first steps
-(first-call costs) are trained but not timed; the timed span runs from the end of the last of
-them to the end of the last step, so model building and Trainer start-up are outside it.
-Prints tokens/s per repeat and a Markdown table of the litlab / bare throughput ratio.
+Each repeat trains experiments/text/gpt_small.yaml's recipe (causal byte-level Transformer,
+d_model 128, depth 4, 4 heads, block 128, batch 32; AdamW lr 3e-3 betas (0.9, 0.95), decay 0.1
+off biases, norms and embeddings; cosine schedule, 5% warmup; clipping 1.0) twice, interleaved,
+order alternating: by `lightning.Trainer.fit` and by a nanoGPT-style loop (forward_features ->
+tied head -> cross entropy, backward, clip, step, schedule, zero_grad), from the same weights
+on the same batches, drawn once and held in memory, so data loading is out of both. The first
+`--warmup` steps are not timed; nor are model building and Trainer start-up.
 """
 
 import os
@@ -52,12 +48,13 @@ LR, BETAS, WEIGHT_DECAY, WARMUP_FRACTION, CLIP = 3e-3, (0.9, 0.95), 0.1, 0.05, 1
 
 def groups(opt: torch.optim.Optimizer) -> list[tuple]:
     """(weight decay, parameter count, last learning rate) per group: equal iff both sides optimize alike."""
-    return sorted((g["weight_decay"], sum(p.numel() for p in g["params"]), round(g["lr"], 12)) for g in opt.param_groups)
+    return sorted((g["weight_decay"], sum(p.numel() for p in g["params"]), round(g["lr"], 12))
+                  for g in opt.param_groups)
 
 
 class StepTimer(L.Callback):
-    """From the end of the last warm-up step to the end of the last step, as the bare loop is timed:
-    every per-step cost of Lightning's loop (fetch, transfer, hooks, logging, schedule) counts once a step."""
+    """From the end of the last warm-up step to the end of the last, as the bare loop: each per-step
+    cost of Lightning's loop (fetch, transfer, hooks, logging, schedule) counts once a step."""
 
     def __init__(self, warmup: int, total: int) -> None:
         self.warmup, self.total = warmup, total
@@ -89,7 +86,7 @@ def bare(template: nn.Module, batches: DataLoader, warmup: int) -> tuple[float, 
     backbone = copy.deepcopy(template).train()
     head = nn.Linear(backbone.out_features, backbone.embed.num_embeddings, bias=False)
     head.weight = backbone.embed.weight  # tied, as in LanguageModel and nanoGPT
-    decay = {True: [], False: []}  # LanguageModel's groups: no decay on biases, norms, embeddings (nanoGPT decays these)
+    decay = {True: [], False: []}  # LanguageModel's: none on biases, norms, embeddings (nanoGPT decays embeddings)
     for name, p in backbone.named_parameters():
         decay[p.ndim >= 2 and not name.startswith(("embed.", "pos."))].append(p)
     opt = torch.optim.AdamW([{"params": decay[True]}, {"params": decay[False], "weight_decay": 0.0}],
@@ -119,12 +116,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    if args.warmup < 1 or args.steps < 1:
+    if min(args.warmup, args.steps) < 1:
         parser.error("--warmup and --steps must be at least 1")
     torch.set_num_threads(1)
     for name in ("lightning.pytorch", "lightning.fabric"):  # per-run banners, not results
         logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", ".*(log_every_n_steps|num_workers).*")  # expected of a short in-memory run
+    warnings.filterwarnings("ignore", ".*(log_every_n_steps|num_workers|val_dataloader).*")  # expected here
     data = TextDataModule(objective="causal", block_size=128, batch_size=32, val_fraction=0.1, test_fraction=0.1,
                           cache_dir=tempfile.mkdtemp(prefix="litlab-lm-bench-"))  # no race on a shared cache
     data.setup("fit")
@@ -132,7 +129,7 @@ def main() -> None:
                         generator=torch.Generator().manual_seed(0))
     held = list(itertools.islice(loader, args.warmup + args.steps))
     if len(held) < args.warmup + args.steps:
-        sys.exit(f"the corpus has {len(held)} training batches; lower --steps or --warmup")
+        sys.exit(f"the corpus has {len(loader)} training batches; lower --steps or --warmup")
     tokens = sum(b["input"].numel() for b in held[args.warmup:])
     batches = DataLoader(held, batch_size=None)  # a loader, not the list: Lightning reads a list as several loaders
     torch.manual_seed(0)
@@ -156,8 +153,8 @@ def main() -> None:
           f"{tokens // args.steps} tokens a step, code from {Path(models.__file__).parents[1]}\n")
     print("| model | litlab tokens/s | bare tokens/s | ratio litlab / bare min / median / max |")
     print("|---|---|---|---|")
-    lit, bare_ = (statistics.median(r[i] for r in rows) for i in (0, 1))
-    print(f"| text/gpt_small | {lit:,.0f} | {bare_:,.0f} | "
+    medians = [statistics.median(r[i] for r in rows) for i in (0, 1)]
+    print(f"| text/gpt_small | {medians[0]:,.0f} | {medians[1]:,.0f} | "
           f"{min(ratios):.3f} / {statistics.median(ratios):.3f} / {max(ratios):.3f} |")
 
 
