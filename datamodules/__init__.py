@@ -6,6 +6,7 @@ from datamodules.digits import DigitsDataModule
 from datamodules.folder import FolderDataModule
 from datamodules.images import ImageDataModule
 from datamodules.text import TextDataModule
+from datamodules.text_classification import TextClassificationDataModule
 from datamodules.transforms import Augmentation
 from datamodules.vision import VisionDataModule
 
@@ -19,6 +20,7 @@ __all__ = [
     "ImageDataModule",
     "Splits",
     "TensorSamples",
+    "TextClassificationDataModule",
     "TextDataModule",
     "VisionDataModule",
 ]

@@ -78,10 +78,12 @@ class Classifier(Task):
             # NHWC lets cuDNN use its fastest convolution kernels under mixed precision.
             self.to(memory_format=torch.channels_last)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.head(self.backbone(x))
+        # Padded token sequences (texts) tell the backbone where the padding is; other inputs have none.
+        features = self.backbone(x) if padding_mask is None else self.backbone(x, padding_mask=padding_mask)
+        return self.head(features)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The mean over labelled samples; zero (with a gradient path) when a batch has none."""
@@ -98,7 +100,7 @@ class Classifier(Task):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         y = batch["target"]
-        logits = self(field(batch, "input", type(self).__name__))
+        logits = self(field(batch, "input", type(self).__name__), batch.get("padding_mask"))
         loss = self.loss(logits, y)
         self.log_train({"train/loss": loss}, batch_size=len(y))  # the curve to watch
         # Updated every step, computed and logged once an epoch: a per-batch value would cost a compute a step.
@@ -109,7 +111,8 @@ class Classifier(Task):
         self.log_dict(self.train_metrics)
 
     def _evaluate(self, batch: Batch, stage: str) -> None:
-        self.score(stage, self(field(batch, "input", type(self).__name__)), batch["target"])
+        logits = self(field(batch, "input", type(self).__name__), batch.get("padding_mask"))
+        self.score(stage, logits, batch["target"])
 
     def score(self, stage: str, logits: torch.Tensor, y: torch.Tensor) -> None:
         """Accumulate the loss and metrics of a `val` or `test` batch; logged once an epoch."""
@@ -135,7 +138,7 @@ class Classifier(Task):
         self._log_evaluation("test")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        probs = self(field(batch, "input", type(self).__name__)).softmax(dim=-1)
+        probs = self(field(batch, "input", type(self).__name__), batch.get("padding_mask")).softmax(dim=-1)
         out = {"pred": probs.argmax(dim=-1), "probs": probs}
         if "target" in batch:
             out["target"] = batch["target"]

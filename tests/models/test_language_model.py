@@ -98,3 +98,20 @@ def test_samples_after_validation_and_predict_continues_a_prompts_file(cli, caps
     assert [row["prompt"] for row in tables[0]] == ["def f(x):", "Le café"]
     assert all(len(row["continuation"]) > 0 for row in tables[0])
     assert tables[0] == tables[1]  # seeded: the same continuations every time
+
+
+def test_a_pretrained_gpt_backbone_loads_into_finetune_for_text_classification(tmp_path):
+    from models.finetune import FineTune
+
+    lm = gpt()
+    torch.save(lm.state_dict(), tmp_path / "gpt.pt")
+    backbone = Transformer(input="tokens", vocab_size=VOCAB_SIZE, causal=True, d_model=32, depth=2, max_len=64, pool="last")
+    task = FineTune(backbone=backbone, num_classes=4, checkpoint=str(tmp_path / "gpt.pt"))
+    expected = lm.backbone.state_dict()
+    assert all(torch.equal(value, task.backbone.state_dict()[key]) for key, value in expected.items())
+    tokens, padding = torch.randint(0, 256, (2, 10)), torch.zeros(2, 10, dtype=torch.bool)
+    padding[1, 6:] = True
+    logits = task(tokens, padding)
+    assert logits.shape == (2, 4)
+    alone = task(tokens[1:, :6])  # the padded text gives what the text alone gives
+    assert torch.allclose(logits[1], alone[0], atol=1e-5)

@@ -1,0 +1,139 @@
+"""Texts with labels, for classifying text with a (pretrained) token Transformer.
+
+A user's data is a CSV file with `text` and `label` columns or a JSON Lines file of
+{"text": ..., "label": ...}; labels are names, mapped to indices in sorted order and kept in
+the run's hyperparameters (`classes`). Texts are byte-level tokens (`datamodules/text.py`),
+cut to `max_len`, padded, with a `padding_mask`.
+
+The embedded task needs no download: passages of Python's own documentation
+(`pydoc_data.topics`) labelled by the part of the language reference their topic belongs
+to, one of four groups (`GROUPS`): statements, expressions, built-in types, or the data
+model. Each topic is cut into passages of `max_len` bytes; passages are split between
+train, val and test at random (seeded, stratified), so the test asks which part of the
+documentation an unseen passage comes from.
+"""
+
+import csv
+import json
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from datamodules.base import BatchScope, DataModule, Splits, TensorSamples, Unlabelled, split_index
+from datamodules.text import PAD, VOCAB_SIZE, read_utf8
+from models.errors import ConfigError, check_positive
+
+GROUPS = {
+    "statements": ["assert", "assignment", "async", "augassign", "break", "class", "compound", "continue", "del",
+                   "else", "for", "function", "global", "if", "import", "nonlocal", "pass", "raise", "return",
+                   "try", "while", "with", "yield"],
+    "expressions": ["atom-identifiers", "atom-literals", "attribute-references", "await", "binary", "bitwise",
+                    "booleans", "calls", "comparisons", "conversions", "dict", "exprlists", "floating",
+                    "formatstrings", "identifiers", "imaginary", "in", "integers", "lambda", "lists", "numbers",
+                    "operator-summary", "power", "shifting", "slicings", "strings", "subscriptions", "unary"],
+    "built-in types": ["bltin-code-objects", "bltin-ellipsis-object", "bltin-null-object", "bltin-type-objects",
+                       "string-methods", "truth", "types", "typesfunctions", "typesmapping", "typesmethods",
+                       "typesmodules", "typesseq", "typesseq-mutable"],
+    "data model": ["attribute-access", "callable-types", "context-managers", "customization", "dynamic-features",
+                   "exceptions", "execmodel", "id-classes", "naming", "numeric-types", "objects", "sequence-types",
+                   "specialattrs", "specialnames"],
+}
+
+
+def read_records(path: Path) -> list[tuple[str, str]]:
+    """(text, label) pairs of a CSV (`text`, `label` columns) or JSON Lines file."""
+    text = read_utf8(path)
+    if path.suffix == ".jsonl":
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    item = json.loads(line)
+                    records.append((item["text"], str(item["label"])))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise ConfigError(f"{path} line {number} is not a JSON object with text and label.") from None
+    else:
+        rows = csv.DictReader(text.splitlines())
+        if not {"text", "label"} <= set(rows.fieldnames or []):
+            raise ConfigError(f"{path} needs a header with text and label columns; it has {rows.fieldnames}.")
+        records = [(row["text"], row["label"]) for row in rows]
+    for number, (body, label) in enumerate(records, 1):
+        if not body or not body.strip() or not label:
+            raise ConfigError(f"{path} record {number} has an empty text or label; fill it in or remove it.")
+    if not records:
+        raise ConfigError(f"{path} holds no record.")
+    return records
+
+
+class TextClassificationDataModule(DataModule):
+    """source: None for the embedded task, or a .csv / .jsonl file of labelled texts."""
+
+    vocab_size = VOCAB_SIZE
+
+    def __init__(
+        self,
+        source: str | None = None,
+        max_len: int = 128,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        label_fraction: float = 1.0,
+        unlabelled: Unlabelled = "drop",
+        batch_size: int = 32,
+        batch_scope: BatchScope = "device",
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(val_fraction, label_fraction, unlabelled, batch_size, batch_scope, num_workers, seed)
+        check_positive("TextClassificationDataModule", max_len=max_len)
+        if not 0.0 < test_fraction < 1.0 or val_fraction + test_fraction >= 1.0:
+            raise ConfigError(f"test_fraction must be in (0, 1) and leave data to train on; got {test_fraction}.")
+        self.save_hyperparameters()
+        self.source, self.max_len, self.test_fraction = source, max_len, test_fraction
+        self.hparams["classes"] = self.classes  # the label names, in index order, saved with the run
+
+    @cached_property
+    def records(self) -> list[tuple[bytes, str]]:
+        if self.source is not None:
+            path = Path(self.source)
+            if not path.is_file():
+                raise ConfigError(f"No labelled text file at {path}; give a .csv or .jsonl file.")
+            return [(text.encode("utf-8"), label) for text, label in read_records(path)]
+        from pydoc_data.topics import topics
+
+        passages = []
+        for group, names in GROUPS.items():
+            for name in names:
+                body = topics[name].encode("utf-8")
+                passages += [(body[i : i + self.max_len], group) for i in range(0, len(body), self.max_len)]
+        return passages
+
+    @cached_property
+    def classes(self) -> list[str]:
+        return sorted({label for _, label in self.records})
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def example_input(self) -> torch.Tensor:
+        return torch.zeros(2, self.max_len, dtype=torch.long)
+
+    def load(self) -> Splits:
+        index = {name: i for i, name in enumerate(self.classes)}
+        tokens = torch.full((len(self.records), self.max_len), PAD)
+        lengths = torch.zeros(len(self.records), dtype=torch.long)
+        for row, (body, _) in enumerate(self.records):
+            ids = torch.tensor(list(body[: self.max_len]), dtype=torch.long)
+            tokens[row, : len(ids)], lengths[row] = ids, len(ids)
+        padding = torch.arange(self.max_len) >= lengths[:, None]  # (N, T)
+        labels = torch.tensor([index[label] for _, label in self.records])
+        data = TensorSamples(input=tokens, target=labels, padding_mask=padding)
+        rest, test = split_index(len(labels), 1.0 - self.test_fraction, self.seed, labels)
+        train, val = split_index(len(rest), 1.0 - self.val_fraction / (1.0 - self.test_fraction), self.seed, labels[rest])
+
+        def part(i: torch.Tensor) -> TensorSamples:
+            return TensorSamples(**{name: t[i] for name, t in data.fields.items()})
+
+        return Splits(train=part(rest[train]), val=part(rest[val]), test=part(test), labels=labels[rest[train]])
