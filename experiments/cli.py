@@ -119,9 +119,14 @@ class ResumedCSVLogger(CSVLogger):
     def experiment(self):
         if self._experiment is None:
             path = Path(self.log_dir, "metrics.csv")
-            header, kept = [], []
+            # Set aside (atomically) before Lightning's writer deletes metrics.csv, and written back
+            # at once: a kill at any moment leaves the rows in one file or the other.
+            aside = path.with_name("metrics.csv.resuming")
             if path.is_file():
-                with path.open(newline="") as f:
+                os.replace(path, aside)
+            header, kept = [], []
+            if aside.is_file():
+                with aside.open(newline="") as f:
                     reader = csv.DictReader(f)
                     header = list(reader.fieldnames or [])
                     # The test that closed the run being continued is redone when the resumed fit ends.
@@ -130,8 +135,10 @@ class ResumedCSVLogger(CSVLogger):
                         if row.get("step") and self.resume.kept(row)
                         and not any(value for key, value in row.items() if key.startswith("test/"))
                     ]
-            writer = super().experiment  # creating it removes the old file
+            writer = super().experiment
             writer.metrics, writer.metrics_keys = kept, header
+            writer.save()
+            aside.unlink(missing_ok=True)
         return self._experiment
 
 # Run directories claimed by this process, removed again if the run is refused before it trains:

@@ -164,7 +164,7 @@ def test_a_fit_killed_and_preempted_at_random_moments_resumes_bit_identical(tmp_
 @pytest.mark.slow
 def test_simclr_killed_at_random_moments_resumes_bit_identical(tmp_path):
     # Two views augmented on the device from the DataModule's generator; 10 steps an epoch.
-    flags = ["--trainer.max_epochs=4", "--data.batch_size=128"]
+    flags = ["--trainer.max_epochs=8", "--data.batch_size=128"]
     outcomes = kill_and_resume(tmp_path, "simclr", flags, [signal.SIGKILL] * 5, every=3, seed=1)
     assert len(outcomes) == 5 and all("SIGKILL" in o for o in outcomes)
 
@@ -172,7 +172,7 @@ def test_simclr_killed_at_random_moments_resumes_bit_identical(tmp_path):
 @pytest.mark.slow
 def test_a_ddp_fit_killed_at_random_moments_resumes_bit_identical(tmp_path):
     # Two gloo processes, each with its own random state and its half of every batch.
-    flags = ["--trainer.max_epochs=3", "--data.num_workers=1", "--model.backbone.dropout=0.2",
+    flags = ["--trainer.max_epochs=4", "--data.num_workers=1", "--model.backbone.dropout=0.2",
              "--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2"]
     outcomes = kill_and_resume(tmp_path, "cnn_augment", flags, [signal.SIGKILL] * 3, every=3, seed=2)
     assert len(outcomes) == 3 and all("SIGKILL" in o for o in outcomes)
