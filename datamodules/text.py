@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -174,9 +175,8 @@ class TextDataModule(DataModule):
         self.source, self.objective, self.block_size, self.split_by = source, objective, block_size, split_by
         self.test_fraction, self.mask_fraction = test_fraction, mask_fraction
         self.prompts_file = prompts_file
-        self.cache_dir = Path(cache_dir or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "litlab" / "text"
-        if cache_dir is not None:
-            self.cache_dir = Path(cache_dir)
+        default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "litlab" / "text"
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default
 
     @property
     def example_input(self) -> torch.Tensor:
@@ -184,7 +184,7 @@ class TextDataModule(DataModule):
 
     # ---- the corpus and its cache ----
 
-    def documents(self) -> tuple[list[tuple[str, callable]], str]:
+    def documents(self) -> tuple[list[tuple[str, Callable[[], str]]], str]:
         """[(name, read)] of the corpus's documents, and a fingerprint of their versions."""
         if self.source is None:
             from pydoc_data.topics import topics
