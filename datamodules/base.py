@@ -20,7 +20,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from datamodules.contract import IGNORE_INDEX, Batch
-from datamodules.sampling import EpochOrder, ResumableLoader, run_seed
+from datamodules.sampling import EpochOrder, ResumableLoader, batches_done, run_seed
 from models.errors import ConfigError
 
 Unlabelled = Literal["drop", "keep"]
@@ -273,7 +273,7 @@ class DataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
         order = EpochOrder(self.train_dataset, self.world_size, rank, shuffle=True, seed=run_seed())
-        loader = self._loader(self.train_dataset, order, ResumableLoader, batches_done=self._batches_done)
+        loader = self._loader(self.train_dataset, order, ResumableLoader, batches_done=lambda: batches_done(self.trainer))
         if getattr(self, "_resume_position", None) is not None:
             loader.load_state_dict(self._resume_position)  # once: later loaders start their epoch at 0
             self._resume_position = None
@@ -287,11 +287,6 @@ class DataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict) -> None:
         self._resume_position = state.get("position")
-
-    def _batches_done(self) -> int | None:
-        """Batches of the current epoch trained on so far, None once the epoch is complete."""
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return None if done >= self.trainer.num_training_batches else done
 
     def val_dataloader(self) -> DataLoader | Sequence[DataLoader]:
         val = self._exact(self.val_dataset)

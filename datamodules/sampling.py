@@ -34,6 +34,12 @@ def derived_seed(*keys: int) -> int:
     return hash(keys) & 0xFFFF_FFFF
 
 
+def batches_done(trainer) -> int | None:
+    """Training batches of the current epoch done so far, or None once the epoch is complete."""
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    return None if done >= trainer.num_training_batches else done
+
+
 class EpochOrder(DistributedSampler):
     """DistributedSampler's order, for any number of processes including one, that can start an
     epoch part way through. `rank` and `num_replicas` are given, so no process group is needed."""

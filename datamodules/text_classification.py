@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from datamodules.base import BatchScope, DataModule, Splits, TensorSamples, Unlabelled, split_index
+from datamodules.base import BatchScope, DataModule, Splits, TensorSamples, Unlabelled, split_index, subset
 from datamodules.text import PAD, VOCAB_SIZE, read_utf8
 from models.errors import ConfigError, check_positive
 
@@ -132,8 +132,5 @@ class TextClassificationDataModule(DataModule):
         data = TensorSamples(input=tokens, target=labels, padding_mask=padding)
         rest, test = split_index(len(labels), 1.0 - self.test_fraction, self.seed, labels)
         train, val = split_index(len(rest), 1.0 - self.val_fraction / (1.0 - self.test_fraction), self.seed, labels[rest])
-
-        def part(i: torch.Tensor) -> TensorSamples:
-            return TensorSamples(**{name: t[i] for name, t in data.fields.items()})
-
-        return Splits(train=part(rest[train]), val=part(rest[val]), test=part(test), labels=labels[rest[train]])
+        return Splits(train=subset(data, rest[train]), val=subset(data, rest[val]), test=subset(data, test),
+                      labels=labels[rest[train]])

@@ -19,7 +19,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import Metric
 
 from datamodules import contract
-from datamodules.sampling import derived_seed, gather_per_rank, own_state, run_seed
+from datamodules.sampling import batches_done, derived_seed, gather_per_rank, own_state, run_seed
 from models.checkpoints import load_pretrained
 from models.errors import NonFiniteLoss
 from models.lazy import has_lazy, materialize
@@ -123,8 +123,7 @@ class Task(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # torchmetrics keeps what a metric has accumulated out of the state dict; a run resumed in
         # the middle of an epoch needs it to report that epoch's metrics. One entry per rank.
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        if progress.processed >= self.trainer.num_training_batches:
+        if batches_done(self.trainer) is None:
             return  # the epoch is complete: what the metrics hold is logged, and a resumed run starts afresh
         mine = {
             name: {"state": dict(metric.metric_state), "updates": metric._update_count}
