@@ -1,6 +1,7 @@
 """DataModules: where the data lives, how it is split and transformed, and what it gives a task."""
 
 from datamodules.base import DataModule, Splits, TensorSamples
+from datamodules.captions import CaptionedDigitsDataModule, CaptionedFolderDataModule, CaptionsDataModule
 from datamodules.contract import IGNORE_INDEX, Batch
 from datamodules.digits import DigitsDataModule
 from datamodules.folder import FolderDataModule
@@ -14,6 +15,9 @@ __all__ = [
     "IGNORE_INDEX",
     "Augmentation",
     "Batch",
+    "CaptionedDigitsDataModule",
+    "CaptionedFolderDataModule",
+    "CaptionsDataModule",
     "DataModule",
     "DigitsDataModule",
     "FolderDataModule",

@@ -69,14 +69,19 @@ class TensorSamples(Dataset):
         index = torch.as_tensor(index)
         return {name: t[index] for name, t in self.fields.items()}
 
+    def subset(self, index: torch.Tensor) -> "TensorSamples":
+        return TensorSamples(**{name: t[index] for name, t in self.fields.items()})
+
 
 def whole_batch(batch: Batch) -> Batch:
     return batch
 
 
 def subset(dataset: Dataset, index: torch.Tensor) -> Dataset:
-    if isinstance(dataset, TensorSamples):
-        return TensorSamples(**{name: t[index] for name, t in dataset.fields.items()})
+    """The samples of `dataset` at `index`: its own kind where it knows how to take a subset
+    (`dataset.subset(index)`), which keeps its attributes (such as the training epoch), else a torch Subset."""
+    if hasattr(dataset, "subset"):
+        return dataset.subset(index)
     return Subset(dataset, index.tolist())
 
 

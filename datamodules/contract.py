@@ -30,12 +30,18 @@ class Batch(TypedDict, total=False):
     views: several augmented versions of `input` (contrastive learning), each shaped like `input`.
     target: class labels (B,), or per-position targets (B, T); IGNORE_INDEX where there is none.
     padding_mask: (B, T) booleans, True at padding positions of token input.
+    text: token ids (B, L) of a caption paired with each `input` image (image-text learning).
+    text_padding_mask: (B, L) booleans, True at padding positions of `text`.
+    caption_id: (B,) the same number for identical captions, so retrieval counts an identical caption as a match.
     """
 
     input: torch.Tensor
     views: list[torch.Tensor]
     target: torch.Tensor
     padding_mask: torch.Tensor
+    text: torch.Tensor
+    text_padding_mask: torch.Tensor
+    caption_id: torch.Tensor
 
 
 @runtime_checkable

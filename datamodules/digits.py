@@ -41,12 +41,7 @@ class DigitsDataModule(ImageDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(augment, val_fraction, label_fraction, unlabelled, batch_size, batch_scope, num_workers, seed)
-        if not 0.0 < test_fraction < 1.0:
-            raise ConfigError(f"test_fraction must be between 0 and 1 (exclusive); got {test_fraction}.")
-        if val_fraction + test_fraction >= 1.0:
-            raise ConfigError(
-                f"val_fraction + test_fraction must leave data to train on; got {val_fraction} + {test_fraction}."
-            )
+        check_split(val_fraction, test_fraction)
         self.save_hyperparameters(ignore=["augment"])
         self.record_augment()
         self.test_fraction = test_fraction
@@ -59,18 +54,34 @@ class DigitsDataModule(ImageDataModule):
         return (8, 8) if self.sequence else (1, 8, 8)
 
     def load(self) -> Splits:
-        digits = load_digits()
-        images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
-        labels = torch.as_tensor(digits.target, dtype=torch.long)
-        index = torch.arange(len(labels)).numpy()
-        rest, test = train_test_split(index, test_size=self.test_fraction, stratify=labels, random_state=self.seed)
-        train, val = train_test_split(
-            rest,
-            test_size=self.val_fraction / (1.0 - self.test_fraction),
-            stratify=labels[rest],
-            random_state=self.seed,
-        )
+        images, labels, (train, val, test) = digits_splits(self.val_fraction, self.test_fraction, self.seed)
         # Statistics of the training split only, so val and test stay unseen.
         self.mean, self.std = ((images[train].mean().item(),), (images[train].std().item(),)) if self.normalize else ((0.0,), (1.0,))
         split = {name: TensorSamples(input=images[i], target=labels[i]) for name, i in (("train", train), ("val", val), ("test", test))}
         return Splits(train=split["train"], val=split["val"], test=split["test"], labels=labels[train])
+
+
+def check_split(val_fraction: float, test_fraction: float) -> None:
+    if not 0.0 < test_fraction < 1.0:
+        raise ConfigError(f"test_fraction must be between 0 and 1 (exclusive); got {test_fraction}.")
+    if val_fraction + test_fraction >= 1.0:
+        raise ConfigError(
+            f"val_fraction + test_fraction must leave data to train on; got {val_fraction} + {test_fraction}."
+        )
+
+
+def digits_splits(
+    val_fraction: float, test_fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """All 1,797 images (N, 1, 8, 8) in [0, 1], their labels (N,), and the seeded, stratified
+    (train, val, test) positions: the one split every digits DataModule uses."""
+    check_split(val_fraction, test_fraction)
+    digits = load_digits()
+    images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
+    labels = torch.as_tensor(digits.target, dtype=torch.long)
+    index = torch.arange(len(labels)).numpy()
+    rest, test = train_test_split(index, test_size=test_fraction, stratify=labels, random_state=seed)
+    train, val = train_test_split(
+        rest, test_size=val_fraction / (1.0 - test_fraction), stratify=labels[rest], random_state=seed
+    )
+    return images, labels, tuple(torch.as_tensor(i) for i in (train, val, test))

@@ -41,6 +41,17 @@ class Transformed(Dataset):
         self.dataset, self.transform, self.view, self.seed = dataset, transform, view, seed
         self.epoch = 0
 
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        # Samples that draw something of their own per epoch (a caption among several) see it too.
+        self._epoch = epoch
+        if hasattr(self.dataset, "epoch"):
+            self.dataset.epoch = epoch
+
     def __len__(self) -> int:
         return len(self.dataset)
 

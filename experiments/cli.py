@@ -19,7 +19,7 @@ import yaml
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, _InstantiatorFn
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -239,6 +239,27 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
                 Path(self._log_dir, WANDB_ID).write_text(wandb.run.id)
 
 
+class LinkedPartsInstantiator(_InstantiatorFn):
+    """Lightning's model instantiator, which writes every applied link's value into the saved
+    hyperparameters, less the links into a part the chosen model does not have: the data's
+    vocabulary reaches `backbone` or `text_backbone`, and no model has both."""
+
+    def __call__(self, class_type, *args, applied_instantiation_links: dict, **kwargs):
+        self.cli._dump_config()
+        config = self.cli.config_dump.get(self.key, {})
+
+        def has_parent(key: str) -> bool:
+            node = config
+            for part in key.split(".")[1:-1]:  # past the component's own key, up to the leaf
+                if not isinstance(node, dict) or part not in node:
+                    return False
+                node = node[part]
+            return True
+
+        kept = {key: value for key, value in applied_instantiation_links.items() if has_parent(key)}
+        return super().__call__(class_type, *args, applied_instantiation_links=kept, **kwargs)
+
+
 class LitlabCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, **kwargs) -> None:
         self._args = list(sys.argv[1:] if args is None else args)
@@ -264,8 +285,18 @@ class LitlabCLI(LightningCLI):
         # contract gets one clear error from the contract.
         link = dict(apply_on="instantiate")
         parser.link_arguments("data", "model.init_args.num_classes", compute_fn=contract.labels_of, **link)
-        vocab = "model.init_args.backbone.init_args.vocab_size"
-        parser.link_arguments("data", vocab, compute_fn=contract.vocab_of, **link)
+        for tower in ("backbone", "text_backbone"):  # a language model's, a CLIP's text tower
+            vocab = f"model.init_args.{tower}.init_args.vocab_size"
+            parser.link_arguments("data", vocab, compute_fn=contract.vocab_of, **link)
+
+    def _add_instantiators(self) -> None:
+        # Lightning's own two, with the model's filtering links into parts it lacks.
+        self.parser.add_instantiator(
+            LinkedPartsInstantiator(cli=self, key="model"), self._model_class, subclasses=self.subclass_mode_model
+        )
+        self.parser.add_instantiator(
+            _InstantiatorFn(cli=self, key="data"), self._datamodule_class, subclasses=self.subclass_mode_data
+        )
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:

@@ -7,6 +7,7 @@ The tasks are imported on first use (`models.Classifier`), so `models.backbones`
 from importlib import import_module
 
 TASKS = {
+    "CLIP": "models.multimodal",
     "Classifier": "models.classifier",
     "Distill": "models.distill",
     "FineTune": "models.finetune",

@@ -54,3 +54,23 @@ def hint_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) ->
     """FitNets (Romero et al., 2015): the mean squared error between the student's features,
     already mapped to the teacher's width by a learned regressor, and the teacher's features."""
     return F.mse_loss(student_features.float(), teacher_features.detach().float())
+
+
+def clip_loss(
+    image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor | float, gather: Gather | None = None,
+    rank: int = 0,
+) -> torch.Tensor:
+    """CLIP's symmetric cross entropy (Radford et al., 2021): each image must pick its own
+    caption among all captions of the global batch, and each caption its own image.
+
+    image, text: (B, D) L2-normalised embeddings of this process's B pairs (row i of each is
+    one pair). `gather` and `rank` as for `nt_xent`: the negatives come from every process,
+    with gradients; the mean over this process's rows, averaged over processes by DDP, is the
+    loss of the whole global batch (open_clip's local loss with gathered gradients).
+    """
+    image, text = image.float(), text.float()
+    all_image, all_text = (image, text) if gather is None else (gather(image), gather(text))  # (WB, D)
+    own = torch.arange(len(image), device=image.device) + rank * len(image)  # each row's partner column
+    per_image = logit_scale * image @ all_text.T  # (B, WB): image i against every caption
+    per_text = logit_scale * text @ all_image.T  # (B, WB): caption i against every image
+    return (F.cross_entropy(per_image, own) + F.cross_entropy(per_text, own)) / 2
