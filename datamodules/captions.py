@@ -50,6 +50,12 @@ TRAIN_TEMPLATES = (
     "a {ink}{word} written by hand",
     "a tiny scan of a {ink}{numeral}",
     "{word}, drawn with a {ink}pen",
+    "the figure {numeral}",
+    "an old scan showing a {ink}{word}",
+    "number {numeral}",
+    "someone wrote a {ink}{word}",
+    "{numeral}",
+    "a low resolution {ink}{word}",
 )
 # Held out of training: only zero-shot prompts use these phrasings.
 ZEROSHOT_TEMPLATES = (
@@ -380,7 +386,9 @@ class CaptionedFolderDataModule(CaptionsDataModule):
         index = {name: i for i, name in enumerate(self.classes or [])}
         target = torch.tensor([IGNORE_INDEX if labels[f] is None else index[labels[f]] for f in files])
         labelled = bool((target != IGNORE_INDEX).all())
-        stratify = target if labelled else None
+        # Stratified where every split can hold every class; a handful of images is split at random.
+        smallest = min(self.test_fraction, self.val_fraction) * len(files)
+        stratify = target if labelled and smallest >= 2 * len(self.classes) else None
         rest, test = split_index(len(files), 1.0 - self.test_fraction, self.seed, stratify)
         train, val = split_index(
             len(rest), 1.0 - self.val_fraction / (1.0 - self.test_fraction), self.seed,

@@ -215,6 +215,29 @@ def write_image_folder(root: Path, classes: int = 3, per_class: int = 12, size: 
     return root
 
 
+def write_captioned_folder(root: Path, classes: int = 3, per_class: int = 12, size: int = 16, jsonl: bool = False) -> Path:
+    """PNG files (`write_image_folder`) and a captions file beside them: two captions per image,
+    naming its class, with the class as the label; captions.csv, or captions.jsonl."""
+    import csv
+    import json
+
+    write_image_folder(root, classes, per_class, size)
+    rows = []
+    for path in sorted(root.rglob("*.png")):
+        name = path.parent.name
+        file = str(path.relative_to(root))
+        rows += [(file, f"a square of {name}", name), (file, f"{name}, a bright square on noise", name)]
+    if jsonl:
+        lines = [json.dumps({"file": f, "caption": c, "label": label}) for f, c, label in rows]
+        (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    else:
+        with (root / "captions.csv").open("w", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow(["file", "caption", "label"])
+            writer.writerows(rows)
+    return root
+
+
 @pytest.fixture
 def datasets_on_disk(monkeypatch: pytest.MonkeyPatch):
     """Writers for small MNIST / FashionMNIST / CIFAR / PNG-folder datasets in their real formats."""
@@ -223,6 +246,7 @@ def datasets_on_disk(monkeypatch: pytest.MonkeyPatch):
         square_value = staticmethod(square_value)
         mnist = staticmethod(write_mnist)
         image_folder = staticmethod(write_image_folder)
+        captioned_folder = staticmethod(write_captioned_folder)
 
         @staticmethod
         def cifar(root: Path, classes: int = 10, **kwargs) -> Path:

@@ -85,6 +85,9 @@ def local_data(config: dict, tmp_path, datasets_on_disk) -> list[str]:
     if data.get("class_path") == "datamodules.FolderDataModule":
         datasets_on_disk.image_folder(tmp_path / "images", classes=3, per_class=20)
         return [f"--data.root={tmp_path / 'images'}", "--data.num_workers=0"]
+    if data.get("class_path") == "datamodules.CaptionedFolderDataModule":
+        datasets_on_disk.captioned_folder(tmp_path / "images", classes=3, per_class=20)
+        return [f"--data.root={tmp_path / 'images'}", "--data.num_workers=0"]
     return []
 
 
