@@ -202,8 +202,9 @@ class CLIP(Task):
             if not torch.isnan(accuracy):  # NaN: no labelled image in the set
                 metrics[f"{stage}/zeroshot_acc"] = accuracy
         self.zeroshot[stage].reset()
-        # Already the same on every process: the metric states were gathered before computing.
-        self.log_dict(metrics, prog_bar=True)
+        # Already the same on every process (the states were gathered before computing); the
+        # mean over processes of equal values changes nothing and tells Lightning they agree.
+        self.log_dict(metrics, prog_bar=True, sync_dist=True)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate(batch, "val")
