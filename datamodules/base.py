@@ -32,7 +32,8 @@ def split_index(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded split of positions 0..n-1 into (`fraction` of them, the rest), both sorted.
 
-    With `labels` the split is stratified and keeps at least one sample of every class.
+    With `labels` the split is stratified and keeps at least one sample of every class, where
+    there are enough samples for both sides to hold every class.
     """
     index = torch.arange(n)
     if fraction >= 1.0:
@@ -42,6 +43,10 @@ def split_index(
         keep = max(round(fraction * n), 1)
         return order[:keep].sort().values, order[keep:].sort().values
     keep = max(round(fraction * n), int(labels.max()) + 1)
+    counts = labels.unique(return_counts=True)[1]  # of the classes present
+    if n - keep < len(counts) or int(counts.min()) < 2:
+        # Too few samples to give both sides every class (a handful of images): split at random.
+        return split_index(n, fraction, seed)
     kept, rest = train_test_split(index.numpy(), train_size=keep, stratify=labels.numpy(), random_state=seed)
     return torch.as_tensor(sorted(kept)), torch.as_tensor(sorted(rest))
 

@@ -386,9 +386,7 @@ class CaptionedFolderDataModule(CaptionsDataModule):
         index = {name: i for i, name in enumerate(self.classes or [])}
         target = torch.tensor([IGNORE_INDEX if labels[f] is None else index[labels[f]] for f in files])
         labelled = bool((target != IGNORE_INDEX).all())
-        # Stratified where every split can hold every class; a handful of images is split at random.
-        smallest = min(self.test_fraction, self.val_fraction) * len(files)
-        stratify = target if labelled and smallest >= 2 * len(self.classes) else None
+        stratify = target if labelled else None
         rest, test = split_index(len(files), 1.0 - self.test_fraction, self.seed, stratify)
         train, val = split_index(
             len(rest), 1.0 - self.val_fraction / (1.0 - self.test_fraction), self.seed,

@@ -7,6 +7,7 @@ unreachable dataset into one sentence naming the folder and the files expected t
 
 import os
 import pickle
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -77,6 +78,8 @@ class VisionDataModule(ImageDataModule):
         root: str = "data",
         download: bool = False,
         augment: Augmentation | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         val_fraction: float = 0.1,
         label_fraction: float = 1.0,
         unlabelled: Unlabelled = "drop",
@@ -92,6 +95,9 @@ class VisionDataModule(ImageDataModule):
         self.root = root
         self.download = download
         self.num_classes = CLASSES[dataset]
+        self.given_stats = None if mean is None or std is None else (tuple(mean), tuple(std))
+        if (mean is None) != (std is None):
+            raise ConfigError("Give data.mean and data.std together (a pretrained model's), or neither.")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -138,6 +144,7 @@ class VisionDataModule(ImageDataModule):
 
     def load(self) -> Splits:
         train, test = self._tensors(train=True), self._tensors(train=False)
-        self.mean, self.std = channel_stats(train.fields["input"])
+        # The training images' own statistics, unless given (those a pretrained model was trained with).
+        self.mean, self.std = self.given_stats or channel_stats(train.fields["input"])
         rank_zero_info(f"{self.dataset}: {len(train)} training and {len(test)} test images from {self.root}")
         return Splits(train=train, test=test, labels=train.fields["target"])

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.nn.parameter import is_lazy
 
@@ -145,6 +144,9 @@ def load_pretrained(
 ) -> Path:
     """`load_backbone` for any part of a task (a backbone, a teacher, a tower), from a file or a
     run folder; says on rank zero what was loaded from where. Returns the file used."""
+    # Imported here: backbones load weights through this module and never import Lightning.
+    from lightning.pytorch.utilities import rank_zero_info
+
     path = resolve_checkpoint(checkpoint)
     used = load_backbone(module, path, prefix, state)
     rank_zero_info(f"{type(module).__name__} loaded from {path} (keys under '{used}').")

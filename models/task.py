@@ -15,6 +15,7 @@ import os
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import Metric
 
@@ -89,6 +90,7 @@ class Task(L.LightningModule):
     # ---- sizing ----
 
     def setup(self, stage: str) -> None:
+        self._check_preprocessing()
         if has_lazy(self):
             datamodule = self.trainer.datamodule
             contract.check(datamodule)
@@ -100,6 +102,23 @@ class Task(L.LightningModule):
                 materialize(self, datamodule.example_input, self.dry_run)
             for name in self.frozen:
                 self.get_submodule(name).requires_grad_(False)
+
+    def _check_preprocessing(self) -> None:
+        """Pretrained model-zoo weights say how their inputs were normalised (`preprocessing`);
+        data normalised otherwise still trains, but starts the weights off their footing."""
+        data = self.trainer.datamodule
+        mean, std = getattr(data, "mean", None), getattr(data, "std", None)
+        for name, module in self.named_modules():
+            expected = getattr(module, "preprocessing", None)
+            if not expected or mean is None or std is None:
+                continue
+            close = lambda a, b: len(a) == len(b) and all(abs(x - y) < 1e-3 for x, y in zip(a, b))  # noqa: E731
+            if not (close(tuple(mean), expected["mean"]) and close(tuple(std), expected["std"])):
+                rank_zero_warn(
+                    f"{name}'s pretrained weights expect inputs normalised with mean {expected['mean']} and std "
+                    f"{expected['std']}, but the data normalises with mean {tuple(round(m, 4) for m in mean)} and std "
+                    f"{tuple(round(s, 4) for s in std)}; set data.mean and data.std to the weights' where the data takes them."
+                )
 
     def dry_run(self, example: torch.Tensor) -> None:
         """The pass that sizes lazy layers; a task whose parts read different inputs overrides it."""

@@ -11,5 +11,6 @@ from models.backbones.registry import BACKBONES, register
 from models.backbones.resnet import ResNet
 from models.backbones.rnn import RNN
 from models.backbones.transformer import Transformer
+from models.backbones.zoo import Timm, Torchvision
 
-__all__ = ["ACTIVATIONS", "BACKBONES", "CNN", "MLP", "RNN", "ResNet", "Transformer", "register"]
+__all__ = ["ACTIVATIONS", "BACKBONES", "CNN", "MLP", "RNN", "ResNet", "Timm", "Torchvision", "Transformer", "register"]
