@@ -14,7 +14,6 @@ from urllib.parse import urlparse
 
 import torch
 import wandb
-from torch.nn.parameter import is_lazy
 import yaml
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -27,12 +26,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from callbacks.checkpoints import LatestCheckpoint
+from experiments.export import Format, default_output, export_model
 from datamodules import contract
-from models.checkpoints import read_state_dict, resolve_checkpoint
+from models.checkpoints import check_fits, read_state_dict, resolve_checkpoint
 from models.errors import ConfigError
 
 DEFAULTS = Path(__file__).with_name("defaults.yaml")
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "export")
 
 
 def wandb_logged_in() -> bool:
@@ -81,7 +81,7 @@ def summarize_parser_error(message: str) -> str:
     return f"{where}: {detail or 'invalid value'}"
 
 
-EVALUATE = ("validate", "test", "predict")
+EVALUATE = ("validate", "test", "predict", "export")
 STOPPED = 128 + signal.SIGTERM  # the exit status of a process ended by SIGTERM, as schedulers expect
 WANDB_ID = "wandb_id"  # the W&B run id, kept in the run directory so that a resume continues the same run
 
@@ -260,12 +260,36 @@ class LinkedPartsInstantiator(_InstantiatorFn):
         return super().__call__(class_type, *args, applied_instantiation_links=kept, **kwargs)
 
 
+class LitlabTrainer(Trainer):
+    """Lightning's Trainer, plus the method behind `litlab export` (LightningCLI makes one
+    subcommand of each Trainer method it is told of)."""
+
+    def export(
+        self,
+        model: LightningModule,
+        datamodule: LightningDataModule | None = None,
+        ckpt_path: str | None = None,
+        format: Format = "safetensors",
+        output: str | None = None,
+    ) -> Path:
+        """Write the trained model as safetensors, ONNX or a torch.export program, checked against PyTorch.
+
+        Args:
+            ckpt_path: the checkpoint to export (a .ckpt file, a run folder, or last).
+            format: safetensors, onnx or exported_program.
+            output: the file to write (default: model.<suffix> in this command's run directory).
+        """
+        path = Path(output) if output else default_output(self.log_dir, format)
+        return export_model(model, datamodule, ckpt_path, format, path)
+
+
 class LitlabCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, **kwargs) -> None:
         self._args = list(sys.argv[1:] if args is None else args)
         super().__init__(
             model_class=LightningModule,
             datamodule_class=LightningDataModule,
+            trainer_class=LitlabTrainer,
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_callback=LoggerSaveConfigCallback,
@@ -278,6 +302,10 @@ class LitlabCLI(LightningCLI):
             args=args,
             **kwargs,
         )
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The data knows its classes and its vocabulary; the model is told, never typed twice.
@@ -410,6 +438,9 @@ class LitlabCLI(LightningCLI):
     def before_predict(self) -> None:
         self._check_checkpoint()
 
+    def before_export(self) -> None:
+        self._check_checkpoint()
+
     def _check_checkpoint(self) -> None:
         """Read --ckpt_path safely and match it to the model before Lightning loads it, so that a
         damaged file or one of another model is one clear line, before the run writes anything."""
@@ -417,19 +448,7 @@ class LitlabCLI(LightningCLI):
         if not path or not Path(path).is_file():
             return  # Lightning names a missing file itself
         state = read_state_dict(path)  # ConfigError for a truncated, pickled or tensor-less file
-        skip = tuple(getattr(self.model, "checkpoint_skips", ()))
-        expected = {k: v for k, v in self.model.state_dict().items() if not k.startswith(skip)}
-        missing = [k for k in expected if k not in state]
-        unexpected = [k for k in state if k not in expected and not k.startswith(skip)]
-        wrong = [k for k, v in expected.items() if k in state and not is_lazy(v) and state[k].shape != v.shape]
-        if missing or unexpected or wrong:
-            problems = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
-                        for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                           ("keys of another shape", wrong)) if keys]
-            raise ConfigError(
-                f"Checkpoint {path} does not fit {type(self.model).__name__} as configured: {'; '.join(problems)}; "
-                "pass the config the checkpoint was trained with."
-            )
+        check_fits(self.model, state, path)
 
     def after_fit(self) -> None:
         """Test the best checkpoint, then say where everything went."""
@@ -450,6 +469,9 @@ class LitlabCLI(LightningCLI):
         self._finish_wandb()
 
     def after_predict(self) -> None:
+        self._finish_wandb()
+
+    def after_export(self) -> None:
         self._finish_wandb()
 
     @rank_zero_only

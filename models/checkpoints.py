@@ -136,6 +136,24 @@ def load_backbone(
     return prefix
 
 
+def check_fits(model: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """One ConfigError unless `state` (a whole task's checkpoint) fits `model` key for key and shape
+    for shape; parts the task restores by itself (`model.checkpoint_skips`, such as a teacher) aside."""
+    skip = tuple(getattr(model, "checkpoint_skips", ()))
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(skip)}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected and not k.startswith(skip)]
+    wrong = [k for k, v in expected.items() if k in state and not is_lazy(v) and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        problems = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                    for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                       ("keys of another shape", wrong)) if keys]
+        raise ConfigError(
+            f"Checkpoint {path} does not fit {type(model).__name__} as configured: {'; '.join(problems)}; "
+            "pass the config the checkpoint was trained with."
+        )
+
+
 def load_pretrained(
     module: nn.Module,
     checkpoint: str | os.PathLike,

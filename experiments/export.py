@@ -1,0 +1,200 @@
+"""`litlab export`: a trained model out of the training framework, checked against itself.
+
+    litlab export --config X.yaml --ckpt_path CKPT --format safetensors|onnx|exported_program [--output PATH]
+
+The model (the task's forward: backbone and head, in eval mode, no optimizer or training
+state) is written in the chosen format, with `<output>.json` beside it: the input shape and
+dtype, the normalisation the data applies first, the class names, and what the check found.
+Every export is checked where it is written: the exported file, loaded back by its own
+runtime (safetensors into a fresh copy of the model, ONNX in onnxruntime, the exported
+program through torch.export.load), runs real inputs from the DataModule's test split,
+in two batch sizes (the batch axis is dynamic), and must give the PyTorch model's outputs
+within `TOLERANCE`, else the file is removed and the export fails with the difference.
+"""
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from models.checkpoints import check_fits, read_state_dict
+from models.errors import ConfigError
+from models.lazy import has_lazy, materialize
+
+Format = Literal["safetensors", "onnx", "exported_program"]
+SUFFIXES = {"safetensors": ".safetensors", "onnx": ".onnx", "exported_program": ".pt2"}
+# Largest allowed |exported - PyTorch| per output, as atol + rtol * |PyTorch| (float32 kernels
+# of different runtimes sum in different orders); safetensors must match exactly.
+TOLERANCE = {"safetensors": (0.0, 0.0), "onnx": (1e-4, 1e-4), "exported_program": (1e-5, 1e-5)}
+
+
+class ExportMismatch(ConfigError):
+    """The exported model does not give the PyTorch model's outputs."""
+
+
+class Inference(nn.Module):
+    """The task's forward alone, as a plain module: what every format exports."""
+
+    def __init__(self, task: LightningModule, masked: bool) -> None:
+        super().__init__()
+        self.task, self.masked = task, masked
+
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.task(x, padding_mask) if self.masked else self.task(x)
+
+
+def sample_inputs(datamodule: LightningDataModule, count: int = 2) -> list[tuple[torch.Tensor, ...]]:
+    """`count` batches of real model input (and padding masks, for padded tokens) from the test split,
+    the last one shorter, so that the check covers two batch sizes."""
+    datamodule.setup("test")
+    batches = []
+    for batch in datamodule.test_dataloader():
+        x = batch["input"]
+        masked = "padding_mask" in batch
+        inputs = (x, batch["padding_mask"]) if masked else (x,)
+        size = max(len(x) // 2, 1) if batches else len(x)  # a second, different batch size
+        batches.append(tuple(t[:size] for t in inputs))
+        if len(batches) == count:
+            break
+    if not batches:
+        raise ConfigError("The data's test split is empty; export checks the model on real test inputs.")
+    return batches
+
+
+def load_weights(model: LightningModule, datamodule: LightningDataModule, checkpoint: str) -> None:
+    """Size lazy layers as training did, then fill the model from the checkpoint (read safely)."""
+    if has_lazy(model):
+        with torch.no_grad():
+            materialize(model, datamodule.example_input, model.dry_run)
+    state = read_state_dict(checkpoint)
+    check_fits(model, state, checkpoint)
+    model.load_state_dict(state, strict=False)  # strict but for the parts the task restores itself
+
+
+def export_model(
+    model: LightningModule, datamodule: LightningDataModule, checkpoint: str, format: Format, output: Path
+) -> Path:
+    """Write `model` in `format` at `output` and its description beside it; returns the model file."""
+    if format not in SUFFIXES:
+        raise ConfigError(f"--format must be one of {', '.join(SUFFIXES)}; got {format!r}.")
+    batches = sample_inputs(datamodule)
+    load_weights(model, datamodule, checkpoint)
+    model.eval()
+    masked = len(batches[0]) == 2
+    module = Inference(model, masked).eval()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        expected = [module(*inputs) for inputs in batches]
+        write = {"safetensors": _safetensors, "onnx": _onnx, "exported_program": _exported_program}[format]
+        run = write(module, batches[0], output)
+        got = [run(*inputs) for inputs in batches]
+    difference, within = _difference(expected, got, *TOLERANCE[format])
+    count = sum(len(inputs[0]) for inputs in batches)
+    if not within:
+        output.unlink(missing_ok=True)
+        atol, rtol = TOLERANCE[format]
+        raise ExportMismatch(
+            f"The {format} export of {type(model).__name__} gives outputs up to {difference:.3g} away from the PyTorch "
+            f"model's on {count} test inputs (allowed {atol:g} + {rtol:g} x |output|); nothing was written. "
+            "Try another --format."
+        )
+    description = describe(model, datamodule, batches[0], format, difference, count)
+    output.with_suffix(".json").write_text(json.dumps(description, indent=2) + "\n")
+    rank_zero_info(
+        f"Exported {type(model).__name__} as {format} to {output} (checked on "
+        f"{description['check']['inputs']} test inputs: max |difference| {difference:.3g}); described in "
+        f"{output.with_suffix('.json')}"
+    )
+    return output
+
+
+def _difference(expected: list[torch.Tensor], got: list[torch.Tensor], atol: float, rtol: float) -> tuple[float, bool]:
+    """The largest |got - expected| over all outputs, and whether every one is within atol + rtol * |expected|."""
+    worst, within = 0.0, True
+    for e, g in zip(expected, got):
+        e, g = e.float(), torch.as_tensor(g).float().reshape(e.shape)
+        gap = (g - e).abs()
+        worst = max(worst, float(gap.max()))
+        within = within and bool((gap <= atol + rtol * e.abs()).all())
+    return worst, within
+
+
+def _safetensors(module: Inference, example: tuple[torch.Tensor, ...], output: Path):
+    import safetensors.torch
+
+    state = {key: value.detach().contiguous() for key, value in module.task.state_dict().items()}
+    safetensors.torch.save_file(state, str(output), metadata={"task": type(module.task).__qualname__})
+    fresh = copy.deepcopy(module)
+    fresh.task.load_state_dict(safetensors.torch.load_file(str(output)), strict=True)
+    return fresh
+
+
+def _dynamic_batch(example: tuple[torch.Tensor, ...]) -> tuple[dict[int, object], ...]:
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    return tuple({0: batch} for _ in example)
+
+
+def _exported_program(module: Inference, example: tuple[torch.Tensor, ...], output: Path):
+    program = torch.export.export(module, example, dynamic_shapes=_dynamic_batch(example))
+    torch.export.save(program, str(output))
+    return torch.export.load(str(output)).module()
+
+
+def _onnx(module: Inference, example: tuple[torch.Tensor, ...], output: Path):
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ConfigError("--format onnx needs onnx, onnxscript and onnxruntime; pip install 'litlab[onnx]'.") from None
+    names = ["input", "padding_mask"][: len(example)]
+    size = sum(p.numel() * p.element_size() for p in module.parameters())
+    torch.onnx.export(
+        module, example, str(output), input_names=names, output_names=["output"],
+        dynamic_shapes=_dynamic_batch(example), dynamo=True, verbose=False,
+        external_data=size > 1 << 30,  # one file, unless the weights near protobuf's 2 GB limit
+    )
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    feeds = [i.name for i in session.get_inputs()]
+
+    def run(*inputs: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {n: t.numpy() for n, t in zip(feeds, inputs)})[0])
+
+    return run
+
+
+def describe(model: LightningModule, datamodule: LightningDataModule, example: tuple[torch.Tensor, ...],
+             format: Format, difference: float, count: int) -> dict:
+    """What a user of the exported file needs: its input, the preprocessing before it, the classes."""
+    mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
+    classes = getattr(datamodule, "classes", None)
+    if classes is None and getattr(datamodule, "num_classes", None):
+        classes = [str(c) for c in range(datamodule.num_classes)]
+    inputs = {"input": {"shape": ["batch", *example[0].shape[1:]], "dtype": str(example[0].dtype).removeprefix("torch.")}}
+    if len(example) == 2:
+        inputs["padding_mask"] = {"shape": ["batch", *example[1].shape[1:]], "dtype": "bool",
+                                  "meaning": "True at padding positions"}
+    normalization = None
+    if mean is not None:
+        normalization = {"mean": list(mean), "std": list(std),
+                         "how": "images with values in [0, 1], then (x - mean) / std per channel"}
+        if getattr(datamodule, "reshape", None) is not None:
+            normalization["then"] = "the image's rows read as a sequence: (C, H, W) -> (C * H, W)"
+    return {
+        "format": format,
+        "task": f"{type(model).__module__}.{type(model).__qualname__}",
+        "inputs": inputs,
+        "normalization": normalization,
+        "classes": classes,
+        "output": "class logits (softmax for probabilities)" if classes else "the task's forward output",
+        "check": {"inputs": count, "max_abs_difference": difference,
+                  "tolerance": dict(zip(("atol", "rtol"), TOLERANCE[format]))},
+    }
+
+
+def default_output(log_dir: str | None, format: Format) -> Path:
+    return Path(log_dir or os.getcwd()) / f"model{SUFFIXES.get(format, '')}"
