@@ -509,7 +509,16 @@ def main(args: list[str] | None = None) -> None:
     if not SLURMEnvironment.detect() and hasattr(signal, "SIGUSR1"):
         # SIGUSR1 means "stop and save" as SIGTERM does (under SLURM, Lightning's requeue handles it).
         signal.signal(signal.SIGUSR1, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
+    arguments = list(sys.argv[1:] if args is None else args)
     try:
+        if arguments[:1] == ["report"]:
+            # Not a training run: a reader of a run directory's files, with a parser from its signature.
+            from jsonargparse import auto_cli
+
+            from experiments.report import report
+
+            auto_cli(report, args=arguments[1:], prog="litlab report")
+            return
         LitlabCLI(args=args)
     except Stopped as stop:
         if rank_zero_only.rank == 0:

@@ -110,9 +110,10 @@ class Classifier(Task):
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_metrics)
 
-    def _evaluate(self, batch: Batch, stage: str) -> None:
+    def _evaluate(self, batch: Batch, stage: str) -> dict[str, torch.Tensor]:
         logits = self(field(batch, "input", type(self).__name__), batch.get("padding_mask"))
         self.score(stage, logits, batch["target"])
+        return {"logits": logits}
 
     def score(self, stage: str, logits: torch.Tensor, y: torch.Tensor) -> None:
         """Accumulate the loss and metrics of a `val` or `test` batch; logged once an epoch."""
@@ -131,8 +132,8 @@ class Classifier(Task):
     def on_validation_epoch_end(self) -> None:
         self._log_evaluation("val")
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._evaluate(batch, "test")  # the logits reach callbacks (callbacks.TestReport)
 
     def on_test_epoch_end(self) -> None:
         self._log_evaluation("test")

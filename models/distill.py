@@ -117,13 +117,14 @@ class Distill(Classifier):
         self.train_metrics.update(logits.detach(), y)
         return loss
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         x, y = field(batch, "input", "Distill"), batch["target"]
         logits = self(x)
         self.score("test", logits, y)
         _, teacher_logits = self.teach(x)
         self.teacher_acc.update(teacher_logits, y)
         self.agreement.update((logits.argmax(-1) == teacher_logits.argmax(-1)).float())
+        return {"logits": logits}  # the student's, for callbacks (callbacks.TestReport)
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()

@@ -53,7 +53,56 @@ def test_without_credentials_the_run_is_logged_offline_with_history_and_config(f
     assert config["model"]["init_args"]["backbone"]["class_path"] == "models.backbones.MLP"
     assert config["trainer"]["max_epochs"] == 2 and config["seed_everything"] == 0
     # log_model works offline: the checkpoints are in the run, as model artifacts, to upload with it.
-    assert run["artifacts"] and all(a["type"] == "model" and a["files"] == ["model.ckpt"] for a in run["artifacts"])
+    models = [a for a in run["artifacts"] if a["type"] == "model"]
+    assert models and all(a["files"] == ["model.ckpt"] for a in models)
+
+
+def test_the_test_confusion_matrix_and_the_surest_mistakes_reach_the_run_directory_and_wandb(fitted, wandb_run):
+    cwd, _ = fitted
+    (run,) = (cwd / "runs" / "digits-mlp").iterdir()
+    rows = list(csv.reader((run / "test_confusion.csv").open()))
+    assert rows[0] == ["true \\ predicted", *map(str, range(10))]
+    matrix = [[int(v) for v in row[1:]] for row in rows[1:]]
+    total, right = sum(map(sum, matrix)), sum(matrix[i][i] for i in range(10))
+    assert total == 360  # every test image once
+    accuracy = [float(r["test/acc"]) for r in csv.DictReader((run / "metrics.csv").open()) if r.get("test/acc")][0]
+    assert right / total == pytest.approx(accuracy, abs=1e-4)
+    (run_dir,) = (cwd / "runs" / "wandb").glob("offline-run-*")
+    logged = {k: v for row in wandb_run(run_dir)["history"] for k, v in row.items()}
+    assert logged["test/confusion_matrix_table/nrows"] == 100  # one row per (true, predicted) pair of classes
+    assert logged["test/mistakes/nrows"] == min(total - right, 32)
+    tables = [a["files"] for a in wandb_run(run_dir)["artifacts"] if a["type"] == "run_table"]
+    assert any("test/mistakes.table.json" in files and any(f.endswith(".png") for f in files) for files in tables)
+
+
+def test_report_plots_a_finished_run_and_one_killed_mid_way(fitted, litlab, tmp_path):
+    from PIL import Image
+
+    cwd, _ = fitted
+    (run,) = (cwd / "runs" / "digits-mlp").iterdir()
+    result = litlab("report", str(run.parent), cwd=cwd)  # the experiment's folder: its newest run
+    assert result.returncode == 0, result.stderr[-2000:]
+    sizes = {"loss": (640, 400), "metrics": (640, 400), "lr": (640, 400), "confusion": (600, 600)}
+    for name, size in sizes.items():
+        with Image.open(run / f"{name}.png") as image:
+            image.load()  # decodes the whole file
+            assert image.size == size, name
+    text = (run / "report.md").read_text()
+    assert "Finished: tested." in text and "| test/acc |" in text and "best-epoch" in text
+    assert all(f"]({name}.png)" in text for name in sizes)
+    assert "task: `models.Classifier`" in text and "backbone: `models.backbones.MLP`" in text
+    # Killed in its second epoch: metrics.csv cut in the middle of a row, no checkpoint, no test yet.
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    lines = (run / "metrics.csv").read_text().splitlines()
+    rows = list(csv.DictReader(lines))
+    second_epoch = 1 + next(i for i, row in enumerate(rows) if row["epoch"] == "1")  # its line, after the header
+    (killed / "metrics.csv").write_text("\n".join(lines[: second_epoch + 1]) + "\n" + lines[second_epoch + 1][:7])
+    result = litlab("report", str(killed), cwd=cwd)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = (killed / "report.md").read_text()
+    assert "Not finished" in text and "Best checkpoint: none saved yet." in text
+    assert (killed / "loss.png").is_file() and not (killed / "confusion.png").exists()
 
 
 def test_test_and_predict_from_the_checkpoint(fitted, litlab):

@@ -1,0 +1,194 @@
+"""`litlab report RUN_DIR`: plots and a one-page summary of a run, from its own files, no W&B needed.
+
+Reads the run directory's `metrics.csv` and `config.yaml`, and `test_confusion.csv` or
+`predictions.csv` where present; writes `loss.png` (training and validation loss against
+step), `metrics.png` (each validation metric against epoch), `lr.png` (the learning rates),
+`confusion.png` (the test confusion matrix) and `report.md`, which embeds them with the
+final metrics, the best checkpoint and the config's key settings. A run still going, or
+killed mid-way (its last row cut short), is reported as far as it got.
+"""
+
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+from callbacks.test_report import CONFUSION_FILE
+from models.errors import ConfigError
+
+WIDTH, HEIGHT, DPI = 6.4, 4.0, 100  # inches and dots per inch: 640 x 400 pixel plots
+Series = dict[str, list[tuple[float, float]]]
+
+
+def run_folder(path: str) -> Path:
+    """`path` itself when it holds metrics.csv, else its newest version_N that does."""
+    folder = Path(path)
+    if (folder / "metrics.csv").is_file():
+        return folder
+    versions = sorted(folder.glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[-1]))
+    if not versions:
+        raise ConfigError(f"{path} holds no metrics.csv (nor a version_N/ folder with one); give a litlab run directory.")
+    return versions[-1].parent
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """The rows of metrics.csv as numbers; empty cells and a last row cut short by a kill are left out."""
+    rows = []
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            values = {}
+            for key, text in row.items():
+                if key is None or not text:
+                    continue
+                try:
+                    values[key] = float(text)
+                except ValueError:
+                    continue  # a value cut short by a kill in the middle of a write
+            rows.append(values)
+    return rows
+
+
+def series(rows: list[dict[str, float]], x: str, keep) -> Series:
+    """{metric: [(x, value), ...]} for every metric `keep` accepts, where the row has both."""
+    out: Series = defaultdict(list)
+    for row in rows:
+        if x not in row:
+            continue
+        for key, value in row.items():
+            if keep(key) and math.isfinite(value):
+                out[key].append((row[x], value))
+    return dict(out)
+
+
+def _figure(width: float = WIDTH, height: float = HEIGHT):
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    return plt, plt.figure(figsize=(width, height), dpi=DPI)
+
+
+def line_plot(path: Path, lines: Series, xlabel: str, title: str) -> Path | None:
+    if not lines:
+        return None
+    plt, figure = _figure()
+    axes = figure.add_subplot()
+    for name, points in sorted(lines.items()):
+        xs, ys = zip(*points)
+        axes.plot(xs, ys, marker="o" if len(points) < 40 else None, markersize=3, label=name)
+    axes.set(xlabel=xlabel, title=title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+    return path
+
+
+def read_confusion(folder: Path) -> tuple[list[str], list[list[int]]] | None:
+    """The test confusion matrix (rows: true class) from test_confusion.csv, else from predictions.csv."""
+    if (folder / CONFUSION_FILE).is_file():
+        with (folder / CONFUSION_FILE).open(newline="") as f:
+            header, *rows = list(csv.reader(f))
+        return header[1:], [[int(v) for v in row[1:]] for row in rows]
+    if (folder / "predictions.csv").is_file():
+        with (folder / "predictions.csv").open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("target") not in (None, "", "-100") and r.get("pred")]
+        if rows:
+            count = max(len([k for k in rows[0] if k.startswith("prob_")]), 1)
+            matrix = [[0] * count for _ in range(count)]
+            for r in rows:
+                matrix[int(r["target"])][int(r["pred"])] += 1
+            return [str(c) for c in range(count)], matrix
+    return None
+
+
+def confusion_plot(path: Path, names: list[str], matrix: list[list[int]]) -> Path:
+    plt, figure = _figure(6.0, 6.0)
+    axes = figure.add_subplot()
+    axes.imshow(matrix, cmap="Blues")
+    ticks = range(len(names))
+    axes.set_xticks(ticks, names, rotation=90 if len(names) > 10 else 0, fontsize=8)
+    axes.set_yticks(ticks, names, fontsize=8)
+    axes.set(xlabel="predicted", ylabel="true", title="Test confusion matrix")
+    if len(names) <= 20:
+        peak = max(max(row) for row in matrix) or 1
+        for i, row in enumerate(matrix):
+            for j, value in enumerate(row):
+                axes.text(j, i, value, ha="center", va="center", fontsize=7,
+                          color="white" if value > peak / 2 else "black")
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+    return path
+
+
+def key_settings(config: dict) -> list[str]:
+    """The lines of the config a reader looks for first."""
+    model = config.get("model", {}) or {}
+    args = model.get("init_args", {}) or {}
+    lines = [f"task: `{model.get('class_path', '?')}`"]
+    for name in ("backbone", "image_backbone", "text_backbone", "teacher"):
+        part = args.get(name)
+        if isinstance(part, dict):
+            settings = ", ".join(f"{k}={v}" for k, v in (part.get("init_args") or {}).items() if v is not None)
+            lines.append(f"{name}: `{part.get('class_path')}` ({settings})")
+    optimizer = args.get("optimizer")
+    if isinstance(optimizer, dict):
+        opt_args = optimizer.get("init_args") or {}
+        lines.append(f"optimizer: `{optimizer.get('class_path')}` (lr={opt_args.get('lr')}, "
+                     f"weight_decay={opt_args.get('weight_decay')}), schedule: {args.get('schedule')}")
+    data = config.get("data", {}) or {}
+    data_args = data.get("init_args", {}) or {}
+    lines.append(f"data: `{data.get('class_path')}` (batch_size={data_args.get('batch_size')})")
+    trainer = config.get("trainer", {}) or {}
+    lines.append(f"trainer: max_epochs={trainer.get('max_epochs')}, precision={trainer.get('precision')}, "
+                 f"devices={trainer.get('devices')}; seed_everything={config.get('seed_everything')}")
+    return lines
+
+
+def report(run_dir: str) -> Path:
+    """Write the plots and report.md into the run directory; returns report.md's path."""
+    folder = run_folder(run_dir)
+    rows = read_metrics(folder / "metrics.csv")
+    if not rows:
+        raise ConfigError(f"{folder / 'metrics.csv'} holds no logged row yet; report again once the run has logged a step.")
+    plots = {}
+    losses = series(rows, "step", lambda k: k in ("train/loss", "val/loss"))
+    plots["loss"] = line_plot(folder / "loss.png", losses, "step", "Loss")
+    evaluation = series(rows, "epoch", lambda k: k.startswith("val/") and k != "val/loss")
+    plots["metrics"] = line_plot(folder / "metrics.png", evaluation, "epoch", "Validation metrics")
+    plots["lr"] = line_plot(folder / "lr.png", series(rows, "step", lambda k: k.startswith("lr-")), "step", "Learning rate")
+    confusion = read_confusion(folder)
+    plots["confusion"] = confusion_plot(folder / "confusion.png", *confusion) if confusion else None
+
+    final: dict[str, tuple[float, float | None]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key.startswith(("val/", "test/")):
+                final[key] = (value, row.get("epoch"))
+    config_path = folder / "config.yaml"
+    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    best = sorted((folder / "checkpoints").glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    last_step = max((row["step"] for row in rows if "step" in row), default=0)
+    last_epoch = max((row["epoch"] for row in rows if "epoch" in row), default=0)
+    finished = any(key.startswith("test/") for key in final)
+
+    lines = [f"# Run report: {folder}", ""]
+    lines.append("Finished: tested." if finished else
+                 f"Not finished (still running, or stopped): reported up to epoch {int(last_epoch)}, step {int(last_step)}.")
+    lines += ["", "## Final metrics", "", "| metric | value | epoch |", "|---|---|---|"]
+    lines += [f"| {key} | {value:.4f} | {'' if epoch is None else int(epoch)} |" for key, (value, epoch) in sorted(final.items())]
+    lines += ["", f"Best checkpoint: `{best[-1]}`" if best else "Best checkpoint: none saved yet.", ""]
+    if config:
+        lines += ["## Settings", "", *[f"- {line}" for line in key_settings(config)], ""]
+    titles = {"loss": "Loss", "metrics": "Validation metrics", "lr": "Learning rate", "confusion": "Test confusion matrix"}
+    lines += ["## Plots", ""] + [f"![{titles[name]}]({path.name})" for name, path in plots.items() if path]
+    out = folder / "report.md"
+    out.write_text("\n".join(lines) + "\n")
+    written = ", ".join(path.name for path in plots.values() if path)
+    print(f"Report written to {out} (plots: {written or 'none yet'})", flush=True)
+    return out
