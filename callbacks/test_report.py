@@ -45,20 +45,25 @@ class TestReport(L.Callback):
         self._wrong = sorted(self._wrong, key=lambda row: -row[0])[: self.mistakes]
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not hasattr(self, "_seen") or not self._seen:
-            return
-        mine = (torch.cat([p for p, _ in self._seen]), torch.cat([t for _, t in self._seen]), self._wrong)
+        seen = getattr(self, "_seen", [])
+        if not seen and trainer.world_size == 1:
+            return  # not a classifier
+        empty = torch.zeros(0, dtype=torch.long)
+        mine = (torch.cat([p for p, _ in seen]) if seen else empty, torch.cat([t for _, t in seen]) if seen else empty,
+                getattr(self, "_wrong", []))
+        # Collectives, so every rank takes part, a rank with no test sample too (log_dir broadcasts).
         everyone = gather_per_rank(trainer, mine)  # each rank tested its own share of the samples
-        if not trainer.is_global_zero:
-            return
+        log_dir = trainer.log_dir
         pred = torch.cat([p for p, _, _ in everyone])
         target = torch.cat([t for _, t, _ in everyone])
+        if not trainer.is_global_zero or not len(target):
+            return
         wrong = sorted((row for _, _, rows in everyone for row in rows), key=lambda row: -row[0])[: self.mistakes]
         count = getattr(pl_module, "num_classes", None) or int(max(pred.max(), target.max())) + 1
         names = class_names(trainer, count)
         matrix = torch.bincount(target * count + pred, minlength=count * count).view(count, count)  # rows: true class
-        if trainer.log_dir:
-            path = Path(trainer.log_dir, CONFUSION_FILE)
+        if log_dir:
+            path = Path(log_dir, CONFUSION_FILE)
             with path.open("w", newline="") as f:
                 writer = csv.writer(f)
                 writer.writerow(["true \\ predicted", *names])

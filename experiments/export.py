@@ -105,11 +105,11 @@ def export_model(
             "Try another --format."
         )
     description = describe(model, datamodule, batches[0], format, difference, count)
-    output.with_suffix(".json").write_text(json.dumps(description, indent=2) + "\n")
+    output.with_name(output.name + ".json").write_text(json.dumps(description, indent=2) + "\n")
     rank_zero_info(
         f"Exported {type(model).__name__} as {format} to {output} (checked on "
         f"{description['check']['inputs']} test inputs: max |difference| {difference:.3g}); described in "
-        f"{output.with_suffix('.json')}"
+        f"{output}.json"
     )
     return output
 

@@ -80,6 +80,10 @@ def line_plot(path: Path, lines: Series, xlabel: str, title: str) -> Path | None
         xs, ys = zip(*points)
         axes.plot(xs, ys, marker="o" if len(points) < 40 else None, markersize=3, label=name)
     axes.set(xlabel=xlabel, title=title)
+    if xlabel == "epoch":
+        from matplotlib.ticker import MaxNLocator
+
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()

@@ -40,7 +40,7 @@ def test_each_model_exports_in_each_format_and_matches_pytorch(cli, trained, nam
     run = cli("export", "--config", str(DIGITS / f"{name}.yaml"), "--ckpt_path", str(trained[name]),
               "--format", fmt, "--output", str(output))
     assert output.is_file()
-    description = json.loads(output.with_suffix(".json").read_text())
+    description = json.loads(output.with_name(output.name + ".json").read_text())
     assert description["classes"] == [str(c) for c in range(10)]
     assert description["inputs"]["input"]["shape"] == ["batch", *((1, 8, 8) if name in ("cnn", "mlp") else (8, 8))]
     atol, rtol = export.TOLERANCE[fmt]
