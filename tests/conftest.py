@@ -15,6 +15,9 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    # An in-process W&B run leaves its service's address here; a `litlab` subprocess started
+    # later would hand its run to that service (owned by this worker) instead of starting its own.
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc credentials leak in
     monkeypatch.setattr(sys, "argv", ["litlab"])  # in-process CLIs read only their args=
     return tmp_path

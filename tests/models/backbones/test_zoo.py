@@ -50,12 +50,12 @@ def build(kind: str, weights_file: str) -> torch.nn.Module:
     return Timm(name="test_resnet", weights_file=weights_file)
 
 
-def fine_tune_one_step(backbone: torch.nn.Module, root) -> FineTune:
-    model = FineTune(backbone=backbone, num_classes=3, checkpoint=None)
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+def fine_tune_one_step(backbone: torch.nn.Module, root, mode: str = "full", steps: int = 1) -> FineTune:
+    model = FineTune(backbone=backbone, num_classes=3, checkpoint=None, mode=mode, unfreeze_at_epoch=1)
+    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(model, datamodule=FolderDataModule(str(root), image_size=32, num_workers=0, batch_size=8))
-    assert trainer.global_step == 1
+    assert trainer.global_step == steps
     return model
 
 
@@ -111,3 +111,17 @@ def test_named_weights_with_a_local_copy_load_the_copy_and_report_their_preproce
     timm_backbone = Timm(name="test_resnet", pretrained=True, weights_file=published["test_resnet"]["safetensors"])
     assert timm_backbone.preprocessing["mean"] == (0.5, 0.5, 0.5)
     assert_loaded(timm_backbone, published["test_resnet"]["state"])
+
+
+@pytest.mark.parametrize("mode", ["linear", "gradual"])
+def test_fine_tuning_modes_freeze_and_release_a_zoo_backbone(published, mode, datasets_on_disk, tmp_path):
+    datasets_on_disk.image_folder(tmp_path / "images", classes=3, per_class=6)
+    backbone = Torchvision(name="resnet18", weights_file=published["resnet18"]["pth"])
+    # Two epochs of two steps: gradual mode trains the head alone in the first, then the backbone joins.
+    tuned = fine_tune_one_step(backbone, tmp_path / "images", mode=mode, steps=4)
+    moved = [k for k, v in tuned.backbone.model.state_dict().items()
+             if k in published["resnet18"]["state"] and not torch.equal(v, published["resnet18"]["state"][k])]
+    if mode == "linear":
+        assert moved == []  # frozen, batch-norm statistics included
+    else:
+        assert any(k.endswith("weight") for k in moved)
