@@ -33,7 +33,8 @@ def run_litlab(
 ) -> subprocess.CompletedProcess:
     """`env` entries are added to this process's environment; a None value removes one."""
     command = [str(Path(sys.executable).with_name("litlab")), *args]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    # WANDB_SERVICE: each subprocess starts its own W&B service, never one an in-process run left behind.
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_SERVICE": None, **(env or {})}
     return subprocess.run(
         command,
         cwd=cwd,
