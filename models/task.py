@@ -1,10 +1,10 @@
 """Task: what every way of learning shares, written once.
 
-A task (Classifier, SimCLR, FineTune, and the distillation, language-model and image-text
-tasks to come) is a LightningModule that takes its networks as arguments. This base gives
+A task (Classifier, SimCLR, FineTune, Distill, LanguageModel, CLIP) is a LightningModule that takes its networks as arguments. This base gives
 each of them:
 
-- sizing of lazy layers from the data contract's `example_input`, in `setup`;
+- sizing of lazy layers from the data contract's `example_input`, in `setup`, and a warning there
+  when a part's pretrained weights expect inputs normalised otherwise than the data does;
 - the optimizer / schedule / warmup arguments, and `configure_optimizers` through `models/optim.py`;
 - per-part learning-rate scales (`self.lr_scales`) and parts trained without weight decay (`self.no_decay`);
 - reusable parts: `load_part` fills a submodule from a checkpoint, strictly and safely, and
@@ -15,8 +15,8 @@ import os
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import Metric
 
 from datamodules import contract
