@@ -36,7 +36,7 @@ from datamodules.contract import IGNORE_INDEX, Batch
 from datamodules.digits import check_split, digits_splits
 from datamodules.folder import IMAGENET_MEAN, IMAGENET_STD, CheckedFiles, LoadImage
 from datamodules.images import ImageDataModule
-from datamodules.sampling import derived_seed
+from datamodules.sampling import derived_seed, run_seed
 from datamodules.text import PAD, VOCAB_SIZE, read_utf8
 from datamodules.transforms import Augmentation
 from models.errors import ConfigError, check_positive
@@ -86,8 +86,8 @@ class Captioned(Dataset):
     "caption_id", "target"} (target IGNORE_INDEX where the image has no label).
 
     `images`: a tensor (N, C, H, W), or paths that `load` reads. `captions[i]`: image i's
-    captions. A training sample's caption is drawn by (seed, epoch, index); an evaluation
-    sample's is fixed by (seed, index). `caption_id` numbers the distinct texts of the chosen
+    captions. A training sample's caption is drawn by (seed, epoch, index), with the run's
+    seed; an evaluation sample's is fixed by (seed, index), with the data's. `caption_id` numbers the distinct texts of the chosen
     captions, so that an image whose caption is word for word another's matches it too.
     """
 
@@ -171,6 +171,11 @@ class CaptionsDataModule(ImageDataModule):
         self.max_len, self.test_fraction = max_len, test_fraction
         self.prompts_file = prompts_file
         self._classes, self._prompts = classes, prompts
+
+    def caption_seed(self, train: bool) -> int:
+        """Training draws follow the run's seed, as every draw of a training epoch does; the
+        evaluation captions are part of the data, fixed by its own seed."""
+        return run_seed() if train else self.seed
 
     # ---- zero-shot classes and their prompts ----
 
@@ -263,7 +268,7 @@ class CaptionedDigitsDataModule(CaptionsDataModule):
 
         def split(index: torch.Tensor, train: bool) -> Captioned:
             return Captioned(images[index], [captions[i] for i in index.tolist()], labels[index], self.max_len,
-                             train, self.seed)
+                             train, self.caption_seed(train))
 
         return Splits(train=split(train, True), val=split(val, False), test=split(test, False), labels=labels[train])
 
@@ -397,7 +402,7 @@ class CaptionedFolderDataModule(CaptionsDataModule):
         def split(positions: torch.Tensor, train: bool) -> Captioned:
             chosen = positions.tolist()
             return Captioned([files[i] for i in chosen], [captions[files[i]] for i in chosen], target[positions],
-                             self.max_len, train, self.seed, load)
+                             self.max_len, train, self.caption_seed(train), load)
 
         return Splits(train=split(rest[train], True), val=split(rest[val], False), test=split(test, False),
                       labels=target[rest[train]] if labelled else None)

@@ -22,7 +22,7 @@ def chance_recall(caption_ids: torch.Tensor) -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_clip_classifies_held_out_digits_zero_shot_and_retrieves_far_above_chance(cli, seed):
-    # Measured test zero-shot accuracy of this recipe: 93.3%, 96.4% and 96.7% for seeds 0, 1, 2 (README).
+    # Measured test zero-shot accuracy of this recipe: 93.3%, 91.7% and 96.7% for seeds 0, 1, 2 (README).
     run = cli("fit", "--config", CLIP_YAML, f"--seed_everything={seed}")
     metrics = run.trainer.callback_metrics
     assert float(metrics["test/zeroshot_acc"]) >= 0.90  # chance is 0.10
