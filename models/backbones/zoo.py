@@ -39,11 +39,13 @@ def _last_linear(model: nn.Module) -> str:
     return names[-1]
 
 
-def _load_without(model: nn.Module, path: str, classifier: str) -> None:
-    """Load the original model's state dict from `path`, less its classifier's keys, strictly."""
-    state = {key: value for key, value in read_state_dict(path).items() if not key.startswith(f"{classifier}.")}
+def _load_without(model: nn.Module, path: str, classifier: str | tuple[str, ...]) -> None:
+    """Load the original model's state dict from `path`, less its classifier's keys (one head,
+    or several, as distilled ViTs have), strictly."""
+    heads = tuple(f"{name}." for name in ((classifier,) if isinstance(classifier, str) else classifier))
+    state = {key: value for key, value in read_state_dict(path).items() if not key.startswith(heads)}
     load_backbone(model, path, prefix="", state=state)
-    log.info(f"{type(model).__name__} loaded from {path} (its {classifier}.* keys left out).")
+    log.info(f"{type(model).__name__} loaded from {path} (its {', '.join(h + '*' for h in heads)} keys left out).")
 
 
 def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
