@@ -85,6 +85,8 @@ def whole_batch(batch: Batch) -> Batch:
 def subset(dataset: Dataset, index: torch.Tensor) -> Dataset:
     """The samples of `dataset` at `index`: its own kind where it knows how to take a subset
     (`dataset.subset(index)`), which keeps its attributes (such as the training epoch), else a torch Subset."""
+    if len(index) == len(dataset) and torch.equal(index, torch.arange(len(dataset))):
+        return dataset  # every sample, in order (all labels kept): nothing to copy or re-encode
     if hasattr(dataset, "subset"):
         return dataset.subset(index)
     return Subset(dataset, index.tolist())

@@ -104,9 +104,8 @@ class Captioned(Dataset):
         self.images, self.captions, self.labels, self.load = images, captions, labels, load
         self.max_len, self.train, self.seed = max_len, train, seed
         self.epoch = 0
-        counts = torch.tensor([len(c) for c in captions])
-        self.first = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)[:-1]])  # (N,)
-        self.counts = counts
+        counts = torch.tensor([len(c) for c in captions], dtype=torch.long)
+        self.first = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)[:-1]])  # (N,): each image's first row
         self.tokens, self.padding = tokenize([text for options in captions for text in options], max_len)
         chosen = [options[self._pick(i, EVALUATION)] for i, options in enumerate(captions)]
         ids = {text: n for n, text in enumerate(sorted(set(chosen)))}

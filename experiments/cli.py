@@ -438,9 +438,6 @@ class LitlabCLI(LightningCLI):
     def before_predict(self) -> None:
         self._check_checkpoint()
 
-    def before_export(self) -> None:
-        self._check_checkpoint()
-
     def _check_checkpoint(self) -> None:
         """Read --ckpt_path safely and match it to the model before Lightning loads it, so that a
         damaged file or one of another model is one clear line, before the run writes anything."""

@@ -35,20 +35,35 @@ def test_nt_xent_matches_the_definition():
     assert nt_xent(z1, z1.clone(), 0.5) < nt_xent(z1, z2, 0.5)
 
 
-def _ranks(rank: int, world: int, port: int, z1: torch.Tensor, z2: torch.Tensor, out: dict) -> None:
+# The gathered losses under test, by name (mp.spawn pickles its arguments; lambdas do not pickle).
+GATHERED = {"nt_xent": lambda a, b, gather, rank: nt_xent(a, b, 0.5, gather, rank),
+            "clip": lambda a, b, gather, rank: clip_loss(a, b, 10.0, gather, rank)}
+
+
+def _ranks(rank: int, world: int, port: int, loss: str, a: torch.Tensor, b: torch.Tensor, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    b = len(z1) // world
-    mine1 = z1[rank * b : (rank + 1) * b].clone().requires_grad_()
-    mine2 = z2[rank * b : (rank + 1) * b].clone().requires_grad_()
+    n = len(a) // world
+    mine_a = a[rank * n : (rank + 1) * n].clone().requires_grad_()
+    mine_b = b[rank * n : (rank + 1) * n].clone().requires_grad_()
     from torch.distributed.nn.functional import all_gather  # keeps gradients, as Lightning's all_gather(sync_grads=True)
 
-    loss = nt_xent(mine1, mine2, 0.5, lambda z: torch.cat(all_gather(z)), rank)
-    loss.backward()
-    total = loss.detach().clone()
+    value = GATHERED[loss](mine_a, mine_b, lambda z: torch.cat(all_gather(z)), rank)
+    value.backward()
+    total = value.detach().clone()
     dist.all_reduce(total)
-    out[rank] = (total.item() / world, mine1.grad.clone(), mine2.grad.clone())
+    out[rank] = (total.item() / world, mine_a.grad.clone(), mine_b.grad.clone())
     dist.destroy_process_group()
+
+
+def on_two_processes(loss: str, a: torch.Tensor, b: torch.Tensor) -> dict:
+    """{rank: (mean loss over ranks, grad of its rows of a, grad of its rows of b)} over two gloo processes."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_ranks, args=(2, port, loss, a, b, out), nprocs=2, join=True)
+    return dict(out)
 
 
 @pytest.mark.slow
@@ -58,11 +73,7 @@ def test_negatives_gathered_across_two_processes_give_the_single_process_loss():
     whole1, whole2 = z1.clone().requires_grad_(), z2.clone().requires_grad_()
     expected = nt_xent(whole1, whole2, 0.5)
     expected.backward()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = mp.Manager().dict()
-    mp.spawn(_ranks, args=(2, port, z1, z2, out), nprocs=2, join=True)
+    out = on_two_processes("nt_xent", z1, z2)
     assert out[0][0] == pytest.approx(expected.item(), rel=1e-5)
     # DDP averages gradients over ranks: each rank's gradient times 1/world must match its slice.
     for rank in (0, 1):
@@ -96,22 +107,6 @@ def test_clip_loss_matches_the_definition():
         clip_loss(F.normalize(text, dim=1), aligned, 10.0).item())
 
 
-def _clip_ranks(rank: int, world: int, port: int, image: torch.Tensor, text: torch.Tensor, out: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    b = len(image) // world
-    mine_image = image[rank * b : (rank + 1) * b].clone().requires_grad_()
-    mine_text = text[rank * b : (rank + 1) * b].clone().requires_grad_()
-    from torch.distributed.nn.functional import all_gather  # keeps gradients, as Lightning's all_gather(sync_grads=True)
-
-    loss = clip_loss(mine_image, mine_text, 10.0, lambda z: torch.cat(all_gather(z)), rank)
-    loss.backward()
-    total = loss.detach().clone()
-    dist.all_reduce(total)
-    out[rank] = (total.item() / world, mine_image.grad.clone(), mine_text.grad.clone())
-    dist.destroy_process_group()
-
-
 @pytest.mark.slow
 def test_clip_negatives_gathered_across_two_processes_give_the_single_process_loss_and_gradients():
     torch.manual_seed(0)
@@ -119,11 +114,7 @@ def test_clip_negatives_gathered_across_two_processes_give_the_single_process_lo
     whole_image, whole_text = image.clone().requires_grad_(), text.clone().requires_grad_()
     expected = clip_loss(whole_image, whole_text, 10.0)
     expected.backward()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = mp.Manager().dict()
-    mp.spawn(_clip_ranks, args=(2, port, image, text, out), nprocs=2, join=True)
+    out = on_two_processes("clip", image, text)
     assert out[0][0] == pytest.approx(expected.item(), rel=1e-5)
     for rank in (0, 1):  # DDP averages gradients over ranks
         assert torch.allclose(out[rank][1] / 2, whole_image.grad[rank * 4 : (rank + 1) * 4], atol=1e-6)
