@@ -1,9 +1,12 @@
 """LanguageModel: the head is the embedding, a causal model never looks ahead, the objective
-must match the backbone, generation is repeatable under a seed, and both objectives learn the
-embedded corpus well below the uniform 8 bits per byte."""
+must match the backbone, compiling changes nothing, generation is repeatable under a seed, a
+masked model learns the embedded corpus far below the uniform 8 bits per byte, and a short
+causal pretraining beats zlib on held-out text and pays off when fine-tuned on few labels."""
 
 import csv
 import math
+import statistics
+import zlib
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,8 @@ from models.backbones import MLP, Transformer
 from models.errors import ConfigError
 from models.language_model import LanguageModel
 from models.optim import parameter_groups
+
+TEXT = DEFAULTS.parent / "text"
 
 
 def gpt(**kwargs) -> LanguageModel:
@@ -55,6 +60,25 @@ def test_an_objective_the_backbone_cannot_serve_is_refused(backbone, objective, 
         LanguageModel(backbone(), objective=objective)
 
 
+@pytest.mark.slow
+def test_compile_changes_neither_the_loss_nor_the_gradients_nor_the_checkpoint_keys():
+    def tiny(**kwargs) -> LanguageModel:  # one block: compiling costs seconds per graph
+        torch.manual_seed(0)
+        return LanguageModel(Transformer(input="tokens", vocab_size=VOCAB_SIZE, causal=True, d_model=16, depth=1,
+                                         heads=2, max_len=16), **kwargs)
+
+    eager, compiled = tiny(), tiny(compile=True)  # the same weights
+    assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints load either way
+    tokens = torch.randint(0, 256, (2, 17), generator=torch.Generator().manual_seed(0))
+    batch = {"input": tokens[:, :-1], "target": tokens[:, 1:]}
+    losses = [model.loss(batch)[0] for model in (eager, compiled)]
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-5)
+    for loss in losses:
+        loss.backward()
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_generation_is_repeatable_under_a_seed_and_decodes_to_text():
     model = gpt()
     prompt = encode("def ")
@@ -67,21 +91,51 @@ def test_generation_is_repeatable_under_a_seed_and_decodes_to_text():
     assert model.training  # generation leaves the mode as it found it
 
 
-@pytest.mark.parametrize("objective, ceiling", [("causal", 4.0), ("masked", 5.0)])
-def test_both_objectives_learn_the_corpus_far_below_uniform(cli, objective, ceiling):
+def test_the_masked_objective_learns_the_corpus_far_below_uniform(cli):
     # 2 epochs (182 steps) of a small model on CPU (seconds): uniform guessing is log2(259) = 8.0 bits per byte.
     run = cli(
-        "fit", "--config", str(DEFAULTS.parent / "text" / ("gpt_small.yaml" if objective == "causal" else "bert_small.yaml")),
-        "--trainer.max_epochs=2", "--trainer.limit_val_batches=20",
+        "fit", "--config", str(TEXT / "bert_small.yaml"), "--trainer.max_epochs=2", "--trainer.limit_val_batches=20",
         "--model.backbone.d_model=64", "--model.backbone.depth=2",
     )
     bpb = float(run.trainer.callback_metrics["test/bpb"])
     assert bpb == pytest.approx(float(run.trainer.callback_metrics["test/loss"]) / math.log(2))
-    assert bpb < ceiling < math.log2(VOCAB_SIZE)
+    assert bpb < 5.0 < math.log2(VOCAB_SIZE)
+
+
+@pytest.mark.slow
+def test_a_short_pretraining_beats_zlib_on_held_out_text_and_pays_off_in_few_label_fine_tuning(cli):
+    # gpt_small.yaml narrowed to a d64 x 2 model with a 64-byte context, 6 epochs (1,092 steps of
+    # 32 windows), about 35 s on one core; the shipped recipe (d128 x 4, 128 bytes, 12 epochs)
+    # reaches 2.12 bits per byte in about 3 minutes.
+    size = ["--model.backbone.d_model=64", "--model.backbone.depth=2", "--model.backbone.max_len=64"]
+    gpt = cli("fit", "--config", str(TEXT / "gpt_small.yaml"), *size, "--data.block_size=64",
+              "--model.optimizer.init_args.lr=0.012", "--trainer.max_epochs=6", "--model.sample_prompts=null")
+    path, bounds = gpt.datamodule.cached_corpus()
+    start, end = bounds["test"]
+    held_out = path.read_bytes()[start:end]  # documents and their separators, one token each
+    zlib_bpb = 8 * len(zlib.compress(held_out, 9)) / len(held_out)
+    bpb = float(gpt.trainer.callback_metrics["test/bpb"])
+    # Measured 2.166 (zlib -9: 2.27 on the same 46 KB); held a little above, and always below zlib.
+    assert bpb < 2.22 and bpb < zlib_bpb
+
+    # gpt_finetune.yaml at this size: 5% of the labels (245 passages of 64 bytes), four classes
+    # (chance 25%), 10 epochs; the pretrained weights against the same recipe from scratch.
+    checkpoint = gpt.trainer.checkpoint_callback.best_model_path
+    narrow = [*size, "--data.max_len=64", "--trainer.max_epochs=10", "--trainer.check_val_every_n_epoch=5",
+              "--model.optimizer.init_args.lr=0.004"]
+    scratch, pretrained = [], []
+    for seed in (0, 1, 2):
+        finetune = ["fit", "--config", str(TEXT / "gpt_finetune.yaml"), *narrow, f"--seed_everything={seed}"]
+        pretrained.append(float(cli(*finetune, f"--model.checkpoint={checkpoint}").trainer.callback_metrics["test/acc"]))
+        scratch.append(float(cli(*finetune, "--model.checkpoint=null").trainer.callback_metrics["test/acc"]))
+    print(f"test/bpb {bpb:.3f} (zlib {zlib_bpb:.3f}); scratch {scratch} pretrained {pretrained}")
+    # Measured: scratch 37.5 / 32.5 / 38.7%, pretrained 41.1 / 43.5 / 41.1% (seeds 0, 1, 2), a 5.6-point mean gain.
+    assert all(p > s for p, s in zip(pretrained, scratch))
+    assert statistics.mean(pretrained) - statistics.mean(scratch) >= 0.03
 
 
 def test_samples_after_validation_and_predict_continues_a_prompts_file(cli, capsys, tmp_path):
-    gpt_yaml = str(DEFAULTS.parent / "text" / "gpt_small.yaml")
+    gpt_yaml = str(TEXT / "gpt_small.yaml")
     small = ["--model.backbone.d_model=32", "--model.backbone.depth=1"]
     fitted = cli("fit", "--config", gpt_yaml, *small, "--trainer.max_epochs=1", "--trainer.limit_train_batches=5",
                  "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2")
