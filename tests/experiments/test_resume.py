@@ -154,19 +154,18 @@ def kill_and_resume(tmp_path: Path, experiment: str, flags: list[str], signals: 
 @pytest.mark.slow
 def test_a_fit_killed_and_preempted_at_random_moments_resumes_bit_identical(tmp_path):
     # Per-sample augmentation in two worker processes, dropout, a cosine schedule; 20 steps an epoch.
-    signals = [signal.SIGKILL, signal.SIGTERM, signal.SIGKILL, signal.SIGUSR1, signal.SIGKILL, signal.SIGKILL,
-               signal.SIGKILL]
+    signals = [signal.SIGKILL, signal.SIGTERM, signal.SIGKILL, signal.SIGUSR1, signal.SIGKILL]
     flags = ["--trainer.max_epochs=8", "--data.num_workers=2", "--model.backbone.dropout=0.2"]
     outcomes = kill_and_resume(tmp_path, "cnn_augment", flags, signals, every=5, seed=0)
-    assert sum("SIGKILL" in o for o in outcomes) >= 5 and len(outcomes) == len(signals)
+    assert sum("SIGKILL" in o for o in outcomes) >= 3 and len(outcomes) == len(signals)
 
 
 @pytest.mark.slow
 def test_simclr_killed_at_random_moments_resumes_bit_identical(tmp_path):
     # Two views augmented on the device from the DataModule's generator; 10 steps an epoch.
     flags = ["--trainer.max_epochs=8", "--data.batch_size=128"]
-    outcomes = kill_and_resume(tmp_path, "simclr", flags, [signal.SIGKILL] * 5, every=3, seed=1)
-    assert len(outcomes) == 5 and all("SIGKILL" in o for o in outcomes)
+    outcomes = kill_and_resume(tmp_path, "simclr", flags, [signal.SIGKILL] * 4, every=3, seed=1)
+    assert len(outcomes) == 4 and all("SIGKILL" in o for o in outcomes)
 
 
 @pytest.mark.slow
@@ -174,8 +173,8 @@ def test_a_ddp_fit_killed_at_random_moments_resumes_bit_identical(tmp_path):
     # Two gloo processes, each with its own random state and its half of every batch.
     flags = ["--trainer.max_epochs=4", "--data.num_workers=1", "--model.backbone.dropout=0.2",
              "--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2"]
-    outcomes = kill_and_resume(tmp_path, "cnn_augment", flags, [signal.SIGKILL] * 3, every=3, seed=2)
-    assert len(outcomes) == 3 and all("SIGKILL" in o for o in outcomes)
+    outcomes = kill_and_resume(tmp_path, "cnn_augment", flags, [signal.SIGKILL] * 2, every=3, seed=2)
+    assert len(outcomes) == 2 and all("SIGKILL" in o for o in outcomes)
 
 
 @pytest.mark.slow
