@@ -92,9 +92,10 @@ def test_generation_is_repeatable_under_a_seed_and_decodes_to_text():
 
 
 def test_the_masked_objective_learns_the_corpus_far_below_uniform(cli):
-    # 2 epochs (182 steps) of a small model on CPU (seconds): uniform guessing is log2(259) = 8.0 bits per byte.
+    # 1 epoch (91 steps) of a small model on CPU (seconds): uniform guessing is log2(259) = 8.0 bits per
+    # byte; measured 4.75 (4.39 after 2 epochs).
     run = cli(
-        "fit", "--config", str(TEXT / "bert_small.yaml"), "--trainer.max_epochs=2", "--trainer.limit_val_batches=20",
+        "fit", "--config", str(TEXT / "bert_small.yaml"), "--trainer.max_epochs=1", "--trainer.limit_val_batches=20",
         "--model.backbone.d_model=64", "--model.backbone.depth=2",
     )
     bpb = float(run.trainer.callback_metrics["test/bpb"])
@@ -119,19 +120,19 @@ def test_a_short_pretraining_beats_zlib_on_held_out_text_and_pays_off_in_few_lab
     assert bpb < 2.22 and bpb < zlib_bpb
 
     # gpt_finetune.yaml at this size: 5% of the labels (245 passages of 64 bytes), four classes
-    # (chance 25%), 10 epochs; the pretrained weights against the same recipe from scratch.
+    # (chance 25%), 5 epochs; the pretrained weights against the same recipe from scratch.
     checkpoint = gpt.trainer.checkpoint_callback.best_model_path
-    narrow = [*size, "--data.max_len=64", "--trainer.max_epochs=10", "--trainer.check_val_every_n_epoch=5",
-              "--model.optimizer.init_args.lr=0.004"]
+    narrow = [*size, "--data.max_len=64", "--trainer.max_epochs=5", "--trainer.check_val_every_n_epoch=5",
+              "--model.optimizer.init_args.lr=0.006"]
     scratch, pretrained = [], []
     for seed in (0, 1, 2):
         finetune = ["fit", "--config", str(TEXT / "gpt_finetune.yaml"), *narrow, f"--seed_everything={seed}"]
         pretrained.append(float(cli(*finetune, f"--model.checkpoint={checkpoint}").trainer.callback_metrics["test/acc"]))
         scratch.append(float(cli(*finetune, "--model.checkpoint=null").trainer.callback_metrics["test/acc"]))
     print(f"test/bpb {bpb:.3f} (zlib {zlib_bpb:.3f}); scratch {scratch} pretrained {pretrained}")
-    # Measured: scratch 37.5 / 32.5 / 38.7%, pretrained 41.1 / 43.5 / 41.1% (seeds 0, 1, 2), a 5.6-point mean gain.
+    # Measured: scratch 34.2 / 34.0 / 35.4%, pretrained 41.9 / 43.7 / 40.3% (seeds 0, 1, 2), a 7.4-point mean gain.
     assert all(p > s for p, s in zip(pretrained, scratch))
-    assert statistics.mean(pretrained) - statistics.mean(scratch) >= 0.03
+    assert statistics.mean(pretrained) - statistics.mean(scratch) >= 0.04
 
 
 def test_samples_after_validation_and_predict_continues_a_prompts_file(cli, capsys, tmp_path):
