@@ -14,13 +14,12 @@ from typing import Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from datamodules.contract import IGNORE_INDEX, Batch
-from datamodules.sampling import EpochOrder, ResumableLoader, batches_done, run_seed
+from datamodules.sampling import EachOnce, EpochOrder, ResumableLoader, batches_done, run_seed
 from models.errors import ConfigError
 
 Unlabelled = Literal["drop", "keep"]
@@ -274,12 +273,10 @@ class DataModule(L.LightningDataModule):
     def _exact(self, dataset: Dataset) -> DataLoader:
         """Under several processes, every sample is evaluated exactly once. Lightning's default
         sampler pads the last batches by repeating samples, which would count them twice in a
-        metric; this one leaves the processes a sample apart instead (safe without gradients)."""
+        metric; `EachOnce` leaves the processes a sample apart instead."""
         sampler = None
         if self.world_size > 1:
-            sampler = UnrepeatedDistributedSampler(
-                dataset, num_replicas=self.world_size, rank=self.trainer.global_rank, shuffle=False
-            )
+            sampler = EachOnce(dataset, num_replicas=self.world_size, rank=self.trainer.global_rank)
         return self._loader(dataset, sampler)
 
     def train_dataloader(self) -> DataLoader:

@@ -22,6 +22,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from models.lightning_internals import batches_processed
+
 
 def run_seed() -> int:
     """The seed of the run (`seed_everything`), which Lightning's own distributed sampler also uses."""
@@ -36,7 +38,7 @@ def derived_seed(*keys: int) -> int:
 
 def batches_done(trainer) -> int | None:
     """Training batches of the current epoch done so far, or None once the epoch is complete."""
-    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    done = batches_processed(trainer)
     return None if done >= trainer.num_training_batches else done
 
 
@@ -61,6 +63,20 @@ class EpochOrder(DistributedSampler):
     def __iter__(self):
         start, self.start = self.start, 0  # a resumed epoch starts late once; the next starts at 0
         return iter(self.order()[start + self.rank : self.total_size : self.num_replicas].tolist())
+
+
+class EachOnce(DistributedSampler):
+    """Every sample exactly once across the processes, in order: process r takes r, r + W, r + 2W, ...
+    (torch's DistributedSampler pads by repeating samples, which a metric would count twice; here
+    the shards differ by at most one sample, safe where no gradients are synced)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.total_size = len(dataset)
+        self.num_samples = len(range(rank, self.total_size, num_replicas))
+
+    def __iter__(self):
+        return iter(range(self.rank, self.total_size, self.num_replicas))
 
 
 class ResumableLoader(DataLoader):

@@ -1,32 +1,26 @@
 """The `litlab` command: LightningCLI with litlab's defaults, W&B set-up and clear errors."""
 
-import csv
 import netrc
 import os
 import re
-import shlex
-import shutil
 import signal
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-import torch
 import wandb
 import yaml
-from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, _InstantiatorFn
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from callbacks.checkpoints import LatestCheckpoint
 from experiments.export import Format, default_output, export_model
+from experiments.runs import WANDB_ID, RunCSVLogger, claim_version, release_claimed, resumed_run
 from datamodules import contract
 from models.checkpoints import check_fits, read_state_dict, resolve_checkpoint
 from models.errors import ConfigError
@@ -83,96 +77,6 @@ def summarize_parser_error(message: str) -> str:
 
 EVALUATE = ("validate", "test", "predict", "export")
 STOPPED = 128 + signal.SIGTERM  # the exit status of a process ended by SIGTERM, as schedulers expect
-WANDB_ID = "wandb_id"  # the W&B run id, kept in the run directory so that a resume continues the same run
-
-
-@dataclass(frozen=True)
-class Resume:
-    """Where a checkpoint inside a litlab run (`<root>/version_N/checkpoints/`) was saved."""
-
-    folder: Path  # the run directory
-    step: int  # global step
-    epoch: int
-    epoch_complete: bool  # saved at the end of the epoch rather than in its middle
-
-    def kept(self, row: dict[str, str]) -> bool:
-        """Whether a metrics.csv row was logged before this checkpoint was saved, so that the
-        resumed run will not log it again. Rows logged by the steps after a checkpoint carry its
-        step or later; only the epoch's own closing metrics, which Lightning writes just after an
-        end-of-epoch checkpoint, share its step and epoch."""
-        step = int(row["step"])
-        closing = self.epoch_complete and step == self.step and row.get("epoch") == str(self.epoch)
-        return step < self.step or closing
-
-
-class ResumedCSVLogger(CSVLogger):
-    """CSVLogger continuing a run directory: the rows logged before the checkpoint are kept
-    (Lightning's writer would delete metrics.csv); later ones, which the resumed run logs again,
-    and the closing test, which it redoes, are dropped."""
-
-    def __init__(self, *args, resume: Resume, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.resume = resume
-
-    @property
-    @rank_zero_experiment
-    def experiment(self):
-        if self._experiment is None:
-            path = Path(self.log_dir, "metrics.csv")
-            # Set aside (atomically) before Lightning's writer deletes metrics.csv, and written back
-            # at once: a kill at any moment leaves the rows in one file or the other.
-            aside = path.with_name("metrics.csv.resuming")
-            if path.is_file():
-                os.replace(path, aside)
-            header, kept = [], []
-            if aside.is_file():
-                with aside.open(newline="") as f:
-                    reader = csv.DictReader(f)
-                    header = list(reader.fieldnames or [])
-                    # The test that closed the run being continued is redone when the resumed fit ends.
-                    kept = [
-                        row for row in reader
-                        if row.get("step") and self.resume.kept(row)
-                        and not any(value for key, value in row.items() if key.startswith("test/"))
-                    ]
-            writer = super().experiment
-            writer.metrics, writer.metrics_keys = kept, header
-            writer.save()
-            aside.unlink(missing_ok=True)
-        return self._experiment
-
-# Run directories claimed by this process, removed again if the run is refused before it trains:
-# while they hold nothing but what is written as a run starts.
-CLAIMED: list[Path] = []
-RUN_PREAMBLE = {"config.yaml", "hparams.yaml", WANDB_ID}
-
-
-def claim_version(root: Path) -> int:
-    """The next free version_N under `root`, created atomically: a directory made by os.mkdir
-    belongs to exactly one process, however many start at the same moment."""
-    root.mkdir(parents=True, exist_ok=True)
-    taken = [int(p.name.split("_")[1]) for p in root.glob("version_*") if p.name.split("_")[1].isdigit()]
-    version = max(taken, default=-1) + 1
-    while True:
-        try:
-            (root / f"version_{version}").mkdir()
-        except FileExistsError:
-            version += 1
-            continue
-        CLAIMED.append(root / f"version_{version}")
-        return version
-
-
-def resumed_run(checkpoint: Path) -> Resume | None:
-    """Where `checkpoint` was saved, if it belongs to a litlab run (`<root>/version_N/checkpoints/`)."""
-    folder = checkpoint.parent.parent
-    if checkpoint.parent.name != "checkpoints" or not folder.name.startswith("version_") or not checkpoint.is_file():
-        return None
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    progress = saved.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
-    return Resume(folder, int(saved["global_step"]), int(saved["epoch"]), bool(progress.get("is_last_batch", True)))
-
-
 def run_root(config) -> Path:
     """Where this experiment's runs are filed: <logger save_dir>/<run name, else project>."""
     logger = config.trainer.get("logger")
@@ -187,24 +91,6 @@ def config_error_in(err: BaseException) -> ConfigError | None:
             return err
         err = err.__cause__ or err.__context__
     return None
-
-
-class Stopped(Exception):
-    """A fit stopped by SIGTERM or SIGUSR1 (a preemption); the message says how to resume it."""
-
-
-def resume_command(args: list[str], checkpoint: str) -> str:
-    """The command line that continues this run from `checkpoint`."""
-    kept, skip = [], False
-    for arg in args:
-        if skip or arg.startswith("--ckpt_path="):
-            skip = False
-            continue
-        if arg == "--ckpt_path":
-            skip = True
-            continue
-        kept.append(arg)
-    return shlex.join(["litlab", *kept, "--ckpt_path", checkpoint])
 
 
 class LitlabArgumentParser(LightningArgumentParser):
@@ -237,27 +123,6 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
                 logger.log_hyperparams({"config": config})
             if isinstance(logger, WandbLogger) and self._log_dir and wandb.run is not None:
                 Path(self._log_dir, WANDB_ID).write_text(wandb.run.id)
-
-
-class LinkedPartsInstantiator(_InstantiatorFn):
-    """Lightning's model instantiator, which writes every applied link's value into the saved
-    hyperparameters, less the links into a part the chosen model does not have: the data's
-    vocabulary reaches `backbone` or `text_backbone`, and no model has both."""
-
-    def __call__(self, class_type, *args, applied_instantiation_links: dict, **kwargs):
-        self.cli._dump_config()
-        config = self.cli.config_dump.get(self.key, {})
-
-        def has_parent(key: str) -> bool:
-            node = config
-            for part in key.split(".")[1:-1]:  # past the component's own key, up to the leaf
-                if not isinstance(node, dict) or part not in node:
-                    return False
-                node = node[part]
-            return True
-
-        kept = {key: value for key, value in applied_instantiation_links.items() if has_parent(key)}
-        return super().__call__(class_type, *args, applied_instantiation_links=kept, **kwargs)
 
 
 class LitlabTrainer(Trainer):
@@ -298,6 +163,9 @@ class LitlabCLI(LightningCLI):
             parser_class=LitlabArgumentParser,
             # Tasks take their optimizer as an argument; no second, global --optimizer.
             auto_configure_optimizers=False,
+            # Checkpoints are loaded by the configuration that names the model, never rebuilt from
+            # what they hold, so Lightning need not save the config into the model's hyperparameters.
+            load_from_checkpoint_support=False,
             parser_kwargs={sub: {"default_config_files": [str(DEFAULTS)]} for sub in SUBCOMMANDS},
             args=args,
             **kwargs,
@@ -317,37 +185,17 @@ class LitlabCLI(LightningCLI):
             vocab = f"model.init_args.{tower}.init_args.vocab_size"
             parser.link_arguments("data", vocab, compute_fn=contract.vocab_of, **link)
 
-    def _add_instantiators(self) -> None:
-        # Lightning's own two, with the model's filtering links into parts it lacks.
-        self.parser.add_instantiator(
-            LinkedPartsInstantiator(cli=self, key="model"), self._model_class, subclasses=self.subclass_mode_model
-        )
-        self.parser.add_instantiator(
-            _InstantiatorFn(cli=self, key="data"), self._datamodule_class, subclasses=self.subclass_mode_data
-        )
-
-    def _run_subcommand(self, subcommand: str) -> None:
-        try:
-            super()._run_subcommand(subcommand)
-        except SIGTERMException:
-            # Lightning stops between two training steps; LatestCheckpoint has saved that state.
-            trainer = self.trainer
-            latest = [c for c in trainer.checkpoint_callbacks if isinstance(c, LatestCheckpoint)]
-            saved = latest[0].last_model_path if latest else ""
-            where = f"at step {trainer.global_step} (epoch {trainer.current_epoch})"
-            if not saved:
-                raise Stopped(f"stopped by a signal {where}, before any checkpoint was saved; run it again.") from None
-            raise Stopped(
-                f"stopped by a signal {where}; the run is saved in {saved}. Resume it with: "
-                f"{resume_command(self._args, saved)}"
-            ) from None
-
-    def _parse_ckpt_path(self) -> None:
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
         # Lightning would read the model's class and arguments from the checkpoint named by
-        # --ckpt_path and build that instead (importing whatever module it names). Here the
-        # configuration alone says what is built: a checkpoint only gives weights and state,
-        # so a distilled student's checkpoint tests under the student's own Classifier config.
-        return
+        # --ckpt_path and build that instead. Here the configuration alone says what is built: a
+        # checkpoint only gives weights and state (so a distilled student's checkpoint tests under
+        # the student's own Classifier config). The path is held back until the classes are built.
+        subcommand = self.config.get("subcommand")
+        section = self.config[subcommand] if subcommand else None
+        self._ckpt_path = section.get("ckpt_path") if section is not None else None
+        if self._ckpt_path is not None:
+            section.ckpt_path = None
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -356,6 +204,7 @@ class LitlabCLI(LightningCLI):
         if trainer.enable_progress_bar is False and trainer.callbacks:
             trainer.callbacks = [c for c in trainer.callbacks if not c.class_path.endswith("ProgressBar")]
         if self.subcommand:
+            config.ckpt_path = self._ckpt_path
             config.ckpt_path = self._resolve_ckpt_path(config)
         self._resume = None
         if self.subcommand == "fit" and config.ckpt_path:
@@ -403,24 +252,23 @@ class LitlabCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> Trainer:
         # W&B is the one logger a config names (so `--trainer.logger.init_args.name=...` works);
         # a CSV logger always runs beside it, first, so the run directory is local.
-        logger = self._get(self.config_init, "trainer", default={}).get("logger")
+        trainer_config = self.config_init[self.subcommand].get("trainer", {})
+        logger = trainer_config.get("logger")
         if isinstance(logger, WandbLogger):
             # Local runs are filed under the W&B run name when there is one: runs/<name>/version_N.
-            name = self._get(self.config, "trainer").logger.init_args.get("name") or logger.name
+            name = self.config[self.subcommand].trainer.logger.init_args.get("name") or logger.name
             # Rank zero claims its run directory at once, so two runs started together never share one;
             # the other ranks follow rank zero's (Lightning broadcasts the log and checkpoint folders).
             root = Path(logger.save_dir or ".", name)
             if self._resume is not None and self._resume.folder.parent == root:
                 # A resumed fit continues its own run directory, metrics and checkpoints.
                 version = int(self._resume.folder.name.split("_")[1])
-                csv_logger = ResumedCSVLogger(
-                    save_dir=logger.save_dir or ".", name=name, version=version, resume=self._resume
-                )
+                csv_logger = RunCSVLogger(logger.save_dir or ".", name, version, resume=self._resume)
             else:
                 version = claim_version(root) if rank_zero_only.rank == 0 else None
-                csv_logger = CSVLogger(save_dir=logger.save_dir or ".", name=name, version=version)
+                csv_logger = RunCSVLogger(logger.save_dir or ".", name, version)
             kwargs.setdefault("logger", [csv_logger, logger])
-            if self._get(self.config_init, "trainer", default={}).get("default_root_dir") is None:
+            if trainer_config.get("default_root_dir") is None:
                 # What Lightning files outside the loggers (SLURM's requeue checkpoint hpc_ckpt_N.ckpt)
                 # goes into the run directory, not wherever the job was started.
                 kwargs["default_root_dir"] = csv_logger.log_dir if rank_zero_only.rank == 0 else str(root)
@@ -517,17 +365,14 @@ def main(args: list[str] | None = None) -> None:
             auto_cli(report, args=arguments[1:], prog="litlab report")
             return
         LitlabCLI(args=args)
-    except Stopped as stop:
-        if rank_zero_only.rank == 0:
-            print(f"litlab: {stop}", file=sys.stderr, flush=True)
+    except SIGTERMException:
+        # Stopped between two training steps: callbacks.LatestCheckpoint saved the state and said how to resume.
         if wandb.run is not None:
             wandb.finish(exit_code=STOPPED)
         sys.exit(STOPPED)
     except (ConfigError, MisconfigurationException, FileNotFoundError) as err:
         print(f"litlab: error: {err}", file=sys.stderr)
-        for folder in CLAIMED:  # a refused run leaves no run directory behind, only ever its own fresh one
-            if folder.is_dir() and all(p.name in RUN_PREAMBLE for p in folder.iterdir()):
-                shutil.rmtree(folder)
+        release_claimed()  # a refused run leaves no run directory behind, only ever its own fresh one
         if wandb.run is not None:
             wandb.finish(exit_code=2)
         sys.exit(2)

@@ -83,7 +83,9 @@ class Task(L.LightningModule):
         epoch, so the progress bar and callbacks always see a recent value: each self.log call
         costs a fraction of a millisecond, a large share of a small model's step."""
         trainer = self.trainer
-        if trainer._logger_connector.should_update_logs or trainer.is_last_batch:
+        every = trainer.log_every_n_steps
+        # Lightning writes the loggers when the step about to complete is a multiple of log_every_n_steps.
+        if (every and (trainer.global_step + 1) % every == 0) or trainer.is_last_batch or trainer.should_stop:
             for name, value in values.items():
                 self.log(name, value, prog_bar=name == "train/loss", batch_size=batch_size)
 
@@ -145,9 +147,9 @@ class Task(L.LightningModule):
         if batches_done(self.trainer) is None:
             return  # the epoch is complete: what the metrics hold is logged, and a resumed run starts afresh
         mine = {
-            name: {"state": dict(metric.metric_state), "updates": metric._update_count}
+            name: {"state": dict(metric.metric_state), "updates": metric.update_count}
             for name, metric in self.named_modules()
-            if isinstance(metric, Metric) and metric._update_count
+            if isinstance(metric, Metric) and metric.update_count
         }
         checkpoint[METRIC_STATES] = gather_per_rank(self.trainer, mine)
 
@@ -157,10 +159,13 @@ class Task(L.LightningModule):
         metrics = dict(self.named_modules())
         for name, saved in own_state(self.trainer, checkpoint[METRIC_STATES]).items():
             metric = metrics[name]
-            for key, value in saved["state"].items():
-                move = lambda t: t.to(metric.device)  # noqa: E731  (the model may already be on its device)
-                setattr(metric, key, [move(t) for t in value] if isinstance(value, list) else move(value))
-            metric._update_count, metric._computed = saved["updates"], None
+            move = lambda t: t.to(metric.device)  # noqa: E731  (the model may already be on its device)
+            state = {key: [move(t) for t in value] if isinstance(value, list) else move(value)
+                     for key, value in saved["state"].items()}
+            # Merged into the freshly reset metric, the saved states are the metric's states again
+            # (sum, cat, min and max all leave a reset state's contribution out).
+            metric.reset()
+            metric.merge_state(state)
 
     # ---- optimisation ----
 

@@ -317,3 +317,13 @@ def test_under_several_processes_evaluation_sees_every_sample_exactly_once():
     assert len(dm.val_dataset) == 13
     assert sorted(seen["val"]) == sorted(int(i) for i in dm.val_dataset.fields["index"])
     assert sorted(seen["test"]) == sorted(range(-12, 0))
+
+
+@pytest.mark.parametrize("n, world", [(7, 3), (8, 2), (2, 3)])
+def test_each_once_gives_every_sample_to_exactly_one_process(n, world):
+    from datamodules.sampling import EachOnce
+
+    shards = [list(EachOnce(list(range(n)), num_replicas=world, rank=rank)) for rank in range(world)]
+    assert sorted(sum(shards, [])) == list(range(n))  # each sample once, none repeated as padding
+    assert [len(EachOnce(list(range(n)), num_replicas=world, rank=r)) for r in range(world)] == list(map(len, shards))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1

@@ -1,0 +1,159 @@
+"""What a run folder is: `<save_dir>/<run name>/version_N`, claimed by one fit, continued by its resumes.
+
+A fit claims a fresh `version_N` (atomically, so two jobs started together never share one);
+a resumed fit continues the folder its checkpoint lies in, with the rows of `metrics.csv`
+logged before that checkpoint and the same W&B run (its id is kept in `wandb_id`). A command
+refused before it trains leaves no folder behind.
+"""
+
+import csv
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from models.lightning_internals import saved_epoch_complete
+
+WANDB_ID = "wandb_id"  # the W&B run id, kept in the run directory so that a resume continues the same run
+METRICS = "metrics.csv"
+PREAMBLE = {"config.yaml", WANDB_ID}  # what a run holds before it has trained at all
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a checkpoint inside a litlab run (`<root>/version_N/checkpoints/`) was saved."""
+
+    folder: Path  # the run directory
+    step: int  # global step
+    epoch: int
+    epoch_complete: bool  # saved at the end of the epoch rather than in its middle
+
+    def kept(self, row: dict[str, str]) -> bool:
+        """Whether a metrics.csv row was logged before this checkpoint was saved, so that the
+        resumed run will not log it again. Rows logged by the steps after a checkpoint carry its
+        step or later; only the epoch's own closing metrics, which Lightning writes just after an
+        end-of-epoch checkpoint, share its step and epoch. The test that closed the run is redone
+        when the resumed fit ends."""
+        if not row.get("step") or any(value for key, value in row.items() if key and key.startswith("test/")):
+            return False
+        step = int(row["step"])
+        closing = self.epoch_complete and step == self.step and row.get("epoch") == str(self.epoch)
+        return step < self.step or closing
+
+
+def resumed_run(checkpoint: Path) -> Resume | None:
+    """Where `checkpoint` was saved, if it belongs to a litlab run (`<root>/version_N/checkpoints/`)."""
+    folder = checkpoint.parent.parent
+    if checkpoint.parent.name != "checkpoints" or not folder.name.startswith("version_") or not checkpoint.is_file():
+        return None
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    return Resume(folder, int(saved["global_step"]), int(saved["epoch"]), saved_epoch_complete(saved))
+
+
+# Run directories claimed by this process, removed again if the run is refused before it trains.
+CLAIMED: list[Path] = []
+
+
+def claim_version(root: Path) -> int:
+    """The next free version_N under `root`, created atomically: a directory made by os.mkdir
+    belongs to exactly one process, however many start at the same moment."""
+    root.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name.split("_")[1]) for p in root.glob("version_*") if p.name.split("_")[1].isdigit()]
+    version = max(taken, default=-1) + 1
+    while True:
+        try:
+            (root / f"version_{version}").mkdir()
+        except FileExistsError:
+            version += 1
+            continue
+        CLAIMED.append(root / f"version_{version}")
+        return version
+
+
+def release_claimed() -> None:
+    """Remove the run directories this process claimed while they hold only what a run writes as it starts."""
+    for folder in CLAIMED:
+        if folder.is_dir() and all(p.name in PREAMBLE for p in folder.iterdir()):
+            shutil.rmtree(folder)
+    CLAIMED.clear()
+
+
+class RunCSVLogger(CSVLogger):
+    """`metrics.csv` of a run folder, continued on resume: the rows logged before the checkpoint
+    are kept, later ones (which the resumed run logs again) and the closing test are dropped.
+    Rows are written as Lightning's CSV logger writes them (sorted columns, one row a logging
+    step, flushed every `flush_every` steps); the whole file is rewritten, atomically,
+    only when a new column appears. The run's configuration is its config.yaml, so no hparams.yaml."""
+
+    def __init__(
+        self, save_dir: str, name: str, version: int | None, resume: Resume | None = None, flush_every: int = 100
+    ) -> None:
+        super().__init__(save_dir=save_dir, name=name, version=version)
+        self.flush_every = flush_every
+        self._rows: list[dict] = []  # logged, not yet written
+        self._columns: list[str] = []  # the file's header
+        self._resume = resume
+        if resume is not None and rank_zero_only.rank == 0:
+            self._continue(Path(self.log_dir, METRICS), resume)
+
+    def _continue(self, path: Path, resume: Resume) -> None:
+        if not path.is_file():
+            return
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            self._columns = list(reader.fieldnames or [])
+            kept = [row for row in reader if resume.kept(row)]
+        self._write(path, kept)
+
+    def _write(self, path: Path, rows: list[dict]) -> None:
+        """The whole file, replaced atomically: a kill leaves the old file or the new one."""
+        aside = path.with_name(METRICS + ".tmp")
+        with aside.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self._columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(aside, path)
+
+    @property
+    def experiment(self) -> "RunCSVLogger":
+        """This logger itself: Lightning's CSV writer, which deletes an existing metrics.csv as it starts, is never made."""
+        return self
+
+    @rank_zero_only
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        """Nothing: config.yaml in the run directory holds the whole configuration."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        row = {key: value.item() if isinstance(value, torch.Tensor) else value for key, value in metrics.items()}
+        row["step"] = len(self._rows) if step is None else step
+        self._rows.append(row)
+        if (row["step"] + 1) % self.flush_every == 0:
+            self.save()
+
+    @rank_zero_only
+    def save(self) -> None:
+        if not self._rows:
+            return
+        rows, self._rows = self._rows, []
+        path = Path(self.log_dir, METRICS)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = set().union(*rows) - set(self._columns)
+        if new or not path.is_file():
+            old = []
+            if path.is_file():
+                with path.open(newline="") as f:
+                    old = list(csv.DictReader(f))
+            self._columns = sorted({*self._columns, *new})
+            self._write(path, old + rows)
+            return
+        with path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self._columns).writerows(rows)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.save()
