@@ -2,8 +2,7 @@
 
 from callbacks.checkpoints import LatestCheckpoint
 from callbacks.prediction_writer import CSVPredictionWriter
-from callbacks.text_samples import TextSamples
 from callbacks.random_state import RandomState
 from callbacks.test_report import TestReport
 
-__all__ = ["CSVPredictionWriter", "LatestCheckpoint", "RandomState", "TestReport", "TextSamples"]
+__all__ = ["CSVPredictionWriter", "LatestCheckpoint", "RandomState", "TestReport"]

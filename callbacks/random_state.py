@@ -15,7 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from datamodules.sampling import gather_per_rank, own_state
+from models.run_state import gather_per_rank, own_state
 
 
 class RandomState(L.Callback):

@@ -9,8 +9,8 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from datamodules.contract import IGNORE_INDEX
-from datamodules.sampling import gather_per_rank
+from models.contract import IGNORE_INDEX
+from models.run_state import gather_per_rank
 
 CONFUSION_FILE = "test_confusion.csv"
 

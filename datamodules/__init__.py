@@ -2,7 +2,7 @@
 
 from datamodules.base import DataModule, Splits, TensorSamples
 from datamodules.captions import CaptionedDigitsDataModule, CaptionedFolderDataModule, CaptionsDataModule
-from datamodules.contract import IGNORE_INDEX, Batch
+from models.contract import IGNORE_INDEX, Batch
 from datamodules.digits import DigitsDataModule
 from datamodules.folder import FolderDataModule
 from datamodules.images import ImageDataModule

@@ -2,7 +2,7 @@
 batch sizes across devices, and loaders that serve named-field batches.
 
 A subclass implements `load()`, returning its raw `Splits` as datasets of samples (dicts
-with the fields of `datamodules.contract.Batch`), and may override `transform()` to turn
+with the fields of `models.contract.Batch`), and may override `transform()` to turn
 raw samples into what a model reads. This base carves the validation split when the data
 has none, keeps `label_fraction` of the training labels (seeded, stratified where there
 are labels), and either drops the rest or keeps them with their target hidden.
@@ -18,8 +18,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from datamodules.contract import IGNORE_INDEX, Batch
-from datamodules.sampling import EachOnce, EpochOrder, ResumableLoader, batches_done, run_seed
+from models.contract import IGNORE_INDEX, Batch
+from datamodules.sampling import EachOnce, EpochOrder, ResumableLoader
+from models.run_state import batches_done, run_seed
 from models.errors import ConfigError
 
 Unlabelled = Literal["drop", "keep"]
@@ -125,7 +126,7 @@ class Splits:
 
 
 class DataModule(L.LightningDataModule):
-    """The base of litlab's DataModules; implements the data contract (`datamodules/contract.py`).
+    """The base of litlab's DataModules; implements the data contract (`models/contract.py`).
 
     label_fraction: the share of training samples whose label is used (seeded, stratified).
     unlabelled: what happens to the others: `drop` leaves them out of training; `keep` trains on

@@ -32,12 +32,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 
 from datamodules.base import BatchScope, Splits, split_index
-from datamodules.contract import IGNORE_INDEX, Batch
+from models.contract import IGNORE_INDEX, Batch
 from datamodules.digits import check_split, digits_splits
 from datamodules.folder import IMAGENET_MEAN, IMAGENET_STD, CheckedFiles, LoadImage
 from datamodules.images import ImageDataModule
-from datamodules.sampling import derived_seed, run_seed
-from datamodules.text import PAD, VOCAB_SIZE, read_utf8
+from models.run_state import SeedKey, derived_seed, run_seed
+from datamodules.text import read_utf8
+from models.tokenizer import VOCAB_SIZE, tokenize
 from datamodules.transforms import Augmentation
 from models.errors import ConfigError, check_positive
 
@@ -68,17 +69,6 @@ ZEROSHOT_TEMPLATES = (
 INK = ("thin ", "", "thick ")  # the lightest, middle and heaviest third of the training images by ink
 FOLDER_PROMPTS = ("a photo of a {}.", "a picture of a {}.", "{}")
 CAPTIONS_FILES = ("captions.csv", "captions.jsonl")
-EVALUATION = -3  # the epoch key of the evaluation captions' choice, apart from every training epoch
-
-
-def tokenize(texts: Sequence[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Byte tokens (N, max_len) of `texts`, cut and padded, and their padding mask (N, max_len)."""
-    tokens = torch.full((len(texts), max_len), PAD)
-    lengths = torch.zeros(len(texts), dtype=torch.long)
-    for row, text in enumerate(texts):
-        ids = list(text.encode("utf-8")[:max_len])
-        tokens[row, : len(ids)], lengths[row] = torch.tensor(ids, dtype=torch.long), len(ids)
-    return tokens, torch.arange(max_len) >= lengths[:, None]
 
 
 class Captioned(Dataset):
@@ -107,7 +97,7 @@ class Captioned(Dataset):
         counts = torch.tensor([len(c) for c in captions], dtype=torch.long)
         self.first = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)[:-1]])  # (N,): each image's first row
         self.tokens, self.padding = tokenize([text for options in captions for text in options], max_len)
-        chosen = [options[self._pick(i, EVALUATION)] for i, options in enumerate(captions)]
+        chosen = [options[self._pick(i, SeedKey.EVAL_CAPTIONS)] for i, options in enumerate(captions)]
         ids = {text: n for n, text in enumerate(sorted(set(chosen)))}
         self.caption_ids = torch.tensor([ids[text] for text in chosen])
 
@@ -125,7 +115,7 @@ class Captioned(Dataset):
 
     def __getitem__(self, i: int) -> Batch:
         image = self.images[i] if self.load is None else self.load(self.images[i])
-        row = self.first[i] + self._pick(i, self.epoch if self.train else EVALUATION)
+        row = self.first[i] + self._pick(i, self.epoch if self.train else SeedKey.EVAL_CAPTIONS)
         return {
             "input": image,
             "text": self.tokens[row],

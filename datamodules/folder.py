@@ -20,7 +20,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
 from datamodules.base import BatchScope, Splits, Unlabelled, split_index, subset
-from datamodules.contract import Batch
+from models.contract import Batch
 from datamodules.images import ImageDataModule
 from datamodules.transforms import Augmentation
 from models.errors import check_positive

@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.base import BatchScope, DataModule, TensorSamples, Unlabelled
-from datamodules.contract import Batch
-from datamodules.sampling import gather_per_rank, derived_seed, own_state, run_seed
+from models.contract import Batch
+from models.run_state import derived_seed, gather_per_rank, own_state, run_seed
 from datamodules.transforms import Augmentation, BatchAugment, per_sample_transform
 
 

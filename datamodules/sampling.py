@@ -15,31 +15,10 @@ DataModule keeps the state too (its own state is restored before any loader is b
 hands it to the loader it builds.
 """
 
-import os
 from collections.abc import Callable
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-
-from models.lightning_internals import batches_processed
-
-
-def run_seed() -> int:
-    """The seed of the run (`seed_everything`), which Lightning's own distributed sampler also uses."""
-    return int(os.environ.get("PL_GLOBAL_SEED", 0))
-
-
-def derived_seed(*keys: int) -> int:
-    """A seed for one use of the run's seed, e.g. (seed, epoch, index) for one sample in one epoch.
-    Python hashes a tuple of ints the same in every process; torch's CPU generator keeps 32 bits."""
-    return hash(keys) & 0xFFFF_FFFF
-
-
-def batches_done(trainer) -> int | None:
-    """Training batches of the current epoch done so far, or None once the epoch is complete."""
-    done = batches_processed(trainer)
-    return None if done >= trainer.num_training_batches else done
 
 
 class EpochOrder(DistributedSampler):
@@ -105,27 +84,3 @@ class ResumableLoader(DataLoader):
         # Counted in samples of the epoch's order, so a run may resume on another number of processes.
         self.sampler.set_epoch(state["epoch"])
         self.sampler.start = state["samples"]
-
-
-def gather_per_rank(trainer, state):
-    """Every process's `state`, in rank order. A collective: Lightning builds a checkpoint's
-    contents on every rank (rank zero writes it), so every rank calls this at the same point."""
-    if trainer is None or trainer.world_size == 1 or not torch.distributed.is_initialized():
-        return [state]
-    states = [None] * trainer.world_size
-    torch.distributed.all_gather_object(states, state)
-    return states
-
-
-def own_state(trainer, states):
-    """This process's entry of what `gather_per_rank` saved (the first one if the process count changed)."""
-    if not isinstance(states, list):
-        return states  # saved before states were kept per process
-    rank = trainer.global_rank if trainer is not None else 0
-    if len(states) != (trainer.world_size if trainer is not None else 1):
-        rank_zero_warn(
-            f"This checkpoint holds the random state of {len(states)} process(es) and the run resumes on "
-            f"{trainer.world_size if trainer is not None else 1}: it continues, but not bit for bit."
-        )
-        return states[0]
-    return states[rank]

@@ -29,26 +29,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import BatchScope, DataModule, Splits
-from datamodules.contract import IGNORE_INDEX, Batch
-from datamodules.sampling import derived_seed, run_seed
+from models.contract import IGNORE_INDEX, Batch
+from models.run_state import SeedKey, derived_seed, run_seed
+from models.contract import Objective
 from models.errors import ConfigError, check_fraction, check_positive
+from models.tokenizer import END, MASK, PAD, SEPARATOR, VOCAB_SIZE, encode
 
-END, PAD, MASK = 256, 257, 258
-VOCAB_SIZE = 259
-SEPARATOR = 0xFF  # END on disk: never a byte of UTF-8 text
-Objective = Literal["causal", "masked"]
 SplitBy = Literal["document", "position"]
-
-
-def encode(text: str) -> torch.Tensor:
-    """Token ids (T,) of `text`: its UTF-8 bytes (lone surrogates pass through, so any str round-trips)."""
-    return torch.tensor(list(text.encode("utf-8", "surrogatepass")), dtype=torch.long)
-
-
-def decode(ids: torch.Tensor | list[int]) -> str:
-    """Text of token ids; END, PAD and MASK are dropped, and bytes that do not form UTF-8 become U+FFFD."""
-    values = ids.tolist() if isinstance(ids, torch.Tensor) else ids
-    return bytes(i for i in values if i < SEPARATOR).decode("utf-8", "replace")
 
 
 def read_utf8(path: Path) -> str:
@@ -112,7 +99,7 @@ class TokenWindows(Dataset):
             g = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch, i))
             first = self.start + int(torch.randint(self.end - self.start - n + 1, (), generator=g))
         else:
-            g = torch.Generator().manual_seed(derived_seed(self.seed, -2, i))  # the same corruption every evaluation
+            g = torch.Generator().manual_seed(derived_seed(self.seed, SeedKey.EVAL_MASKING, i))
             first = self.start + i * self.block_size
         window = torch.from_numpy(np.array(self.tokens[first : min(first + n, self.end)], dtype=np.int64))
         window[window == SEPARATOR] = END

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from datamodules.base import BatchScope, DataModule, Splits, TensorSamples, Unlabelled, split_index, subset
-from datamodules.text import PAD, VOCAB_SIZE, read_utf8
+from datamodules.text import read_utf8
+from models.tokenizer import VOCAB_SIZE, tokenize
 from models.errors import ConfigError, check_positive
 
 GROUPS = {
@@ -122,12 +123,7 @@ class TextClassificationDataModule(DataModule):
 
     def load(self) -> Splits:
         index = {name: i for i, name in enumerate(self.classes)}
-        tokens = torch.full((len(self.records), self.max_len), PAD)
-        lengths = torch.zeros(len(self.records), dtype=torch.long)
-        for row, (body, _) in enumerate(self.records):
-            ids = torch.tensor(list(body[: self.max_len]), dtype=torch.long)
-            tokens[row, : len(ids)], lengths[row] = ids, len(ids)
-        padding = torch.arange(self.max_len) >= lengths[:, None]  # (N, T)
+        tokens, padding = tokenize([body for body, _ in self.records], self.max_len)  # (N, T) each
         labels = torch.tensor([index[label] for _, label in self.records])
         data = TensorSamples(input=tokens, target=labels, padding_mask=padding)
         rest, test = split_index(len(labels), 1.0 - self.test_fraction, self.seed, labels)

@@ -21,7 +21,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from experiments.export import Format, default_output, export_model
 from experiments.runs import WANDB_ID, RunCSVLogger, claim_version, release_claimed, resumed_run
-from datamodules import contract
+from models import contract
 from models.checkpoints import check_fits, read_state_dict, resolve_checkpoint
 from models.errors import ConfigError
 

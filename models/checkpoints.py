@@ -154,23 +154,6 @@ def check_fits(model: nn.Module, state: dict[str, torch.Tensor], path: str | os.
         )
 
 
-def load_pretrained(
-    module: nn.Module,
-    checkpoint: str | os.PathLike,
-    prefix: str | None = None,
-    state: dict[str, torch.Tensor] | None = None,
-) -> Path:
-    """`load_backbone` for any part of a task (a backbone, a teacher, a tower), from a file or a
-    run folder; says on rank zero what was loaded from where. Returns the file used."""
-    # Imported here: backbones load weights through this module and never import Lightning.
-    from lightning.pytorch.utilities import rank_zero_info
-
-    path = resolve_checkpoint(checkpoint)
-    used = load_backbone(module, path, prefix, state)
-    rank_zero_info(f"{type(module).__name__} loaded from {path} (keys under '{used}').")
-    return path
-
-
 def _choose_prefix(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str:
     """The prefix under which the file holds the most of the backbone's entries with the right shape.
 

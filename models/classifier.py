@@ -4,14 +4,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from datamodules.contract import IGNORE_INDEX, Batch, field
+from models.contract import IGNORE_INDEX, Batch, field
 from models.errors import ConfigError, check_fraction
-from models.optim import Schedule
+from models.optim import OptimizerCallable, Schedule
 from models.task import Task
 
 Loss = Literal["cross_entropy", "mse"]

@@ -3,17 +3,16 @@
 import os
 
 import torch
-from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from datamodules.contract import Batch, field
+from models.contract import Batch, field
 from models.checkpoints import read_state_dict, resolve_checkpoint
 from models.classifier import Classifier
 from models.errors import ConfigError
 from models.losses import hint_loss, soft_target_loss
-from models.optim import Schedule
+from models.optim import OptimizerCallable, Schedule
 
 # Keys of the teacher's parts, which a Distill checkpoint never holds: it is the student's alone.
 TEACHER_PARTS = ("teacher.", "teacher_head.")

@@ -4,12 +4,11 @@ from typing import Literal
 
 import torch
 from lightning.pytorch.callbacks import BackboneFinetuning
-from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
 from models.classifier import Classifier, Loss
 from models.errors import ConfigError
-from models.optim import Schedule
+from models.optim import OptimizerCallable, Schedule
 
 Mode = Literal["linear", "full", "gradual"]
 

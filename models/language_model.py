@@ -1,22 +1,19 @@
 """LanguageModel: a token Transformer trained on text, causal (GPT) or masked (BERT)."""
 
 import math
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
+from lightning.pytorch.loggers import WandbLogger
 from torchmetrics import MeanMetric
 
-from datamodules.contract import IGNORE_INDEX, Batch, field
-from datamodules.sampling import derived_seed, run_seed
-from datamodules.text import decode
+from models.contract import IGNORE_INDEX, Batch, Objective, field
+from models.run_state import derived_seed, run_seed
+from models.tokenizer import decode, encode
 from models.errors import ConfigError
-from models.optim import Schedule
+from models.optim import OptimizerCallable, Schedule
 from models.task import Task
 
-Objective = Literal["causal", "masked"]
 
 
 class LanguageModel(Task):
@@ -28,7 +25,7 @@ class LanguageModel(Task):
     the input (target not IGNORE_INDEX). Losses are in nats per scored token; `val/bpb` is
     the loss in bits (per byte, with the byte-level tokenizer) and `val/ppl` its perplexity.
     `compile` wraps the backbone in `torch.compile`. A causal model continues `sample_prompts`
-    by `sample_tokens` after every validation (`callbacks.TextSamples`).
+    by `sample_tokens` after every validation (`on_validation_end`).
     """
 
     def __init__(
@@ -66,13 +63,22 @@ class LanguageModel(Task):
             raise ConfigError("sample_prompts needs a causal model; a masked model does not continue text.")
         self.sample_prompts, self.sample_tokens = sample_prompts or [], sample_tokens
 
-    def configure_callbacks(self):
-        # The model's own monitor, added to the trainer's callbacks (Lightning's hook for this).
-        if not self.sample_prompts:
-            return []
-        from callbacks.text_samples import TextSamples
-
-        return [TextSamples(self.sample_prompts, self.sample_tokens)]
+    def on_validation_end(self) -> None:
+        """The quickest read of what the model has learnt: each of `sample_prompts` continued by
+        `sample_tokens` tokens (temperature 0.8, the 40 likeliest), from the same seed every
+        epoch so epochs compare; printed, and logged to W&B as a table. Rank zero alone
+        generates: the unwrapped module runs no collective, so the others need not wait."""
+        trainer = self.trainer
+        if not self.sample_prompts or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        rows = []
+        for prompt in self.sample_prompts:
+            tokens = self.generate(encode(prompt), self.sample_tokens, 0.8, 40, generator=torch.Generator().manual_seed(0))
+            rows.append([trainer.current_epoch, prompt, decode(tokens)])
+        print("\n".join(f"[epoch {epoch}] {prompt!r} -> {prompt + text!r}" for epoch, prompt, text in rows), flush=True)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_text(key="samples", columns=["epoch", "prompt", "continuation"], data=rows)
 
     def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, vocab) for every position of `tokens` (B, T)."""

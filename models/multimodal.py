@@ -4,15 +4,14 @@ import math
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from datamodules.contract import IGNORE_INDEX, Batch, field
+from models.contract import IGNORE_INDEX, Batch, field
 from models.errors import ConfigError, check_positive
 from models.losses import clip_loss
-from models.optim import Schedule
+from models.optim import OptimizerCallable, Schedule
 from models.task import Task
 
 CHUNK = 1024  # rows of a similarity matrix computed at once when scoring a whole evaluation set

@@ -5,16 +5,18 @@ LightningCLI's OptimizerCallable). Schedules are named, because their lengths mu
 derived from the run (`trainer.estimated_stepping_batches`), not typed into a config.
 """
 
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import torch
-from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, OneCycleLR, SequentialLR
 
 from models.errors import ConfigError
 
 Schedule = Literal["constant", "cosine", "onecycle"]
+# An optimizer class with its arguments, waiting for the parameters (a YAML `class_path` and `init_args`).
+OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
 
 # The share of a one-cycle run spent rising, when warmup_fraction is left unset (torch's default).
 ONECYCLE_WARMUP = 0.3

@@ -2,16 +2,15 @@
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from datamodules import contract
-from datamodules.contract import IGNORE_INDEX, Batch, field
+from models import contract
+from models.contract import IGNORE_INDEX, Batch, field
 from models.errors import ConfigError, check_positive
 from models.losses import nt_xent
-from models.optim import Schedule
+from models.optim import OptimizerCallable, Schedule
 from models.task import Task
 
 # Validation dataloaders when the k-NN monitor is on: the reference set first, so its

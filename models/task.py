@@ -15,18 +15,16 @@ import os
 
 import lightning as L
 import torch
-from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import Metric
 
-from datamodules import contract
-from datamodules.sampling import batches_done, derived_seed, gather_per_rank, own_state, run_seed
-from models.checkpoints import load_pretrained
+from models import contract
+from models.run_state import SeedKey, batches_done, derived_seed, gather_per_rank, own_state, run_seed
+from models.checkpoints import load_backbone, resolve_checkpoint
 from models.errors import NonFiniteLoss
 from models.lazy import has_lazy, materialize
-from models.optim import Schedule, check_optimizer, check_schedule, configure_optimization
+from models.optim import OptimizerCallable, Schedule, check_optimizer, check_schedule, configure_optimization
 
-LAZY_INIT = -1  # the key of the lazy layers' seed, apart from every (epoch, sample) key
 METRIC_STATES = "metric_states"  # checkpoint entry: what each rank's metrics had accumulated
 
 
@@ -54,8 +52,12 @@ class Task(L.LightningModule):
         state: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """Fill submodule `name` from `checkpoint` (file or run folder); keys under `prefix`, found when
-        None. `state`: the file's tensors, already read, when several parts come from one file."""
-        load_pretrained(self.get_submodule(name), checkpoint, prefix, state)
+        None. `state`: the file's tensors, already read, when several parts come from one file.
+        Says on rank zero what was loaded from where."""
+        part = self.get_submodule(name)
+        path = resolve_checkpoint(checkpoint)
+        used = load_backbone(part, path, prefix, state)
+        rank_zero_info(f"{type(part).__name__} loaded from {path} (keys under '{used}').")
 
     def freeze(self, name: str) -> None:
         """Submodule `name` stops learning for good: no gradients (so no optimizer state and no
@@ -100,7 +102,7 @@ class Task(L.LightningModule):
             # on the CPU here): the same whatever ran before, so one process and DDP (whose set-up
             # re-seeds the global generator) start from the same weights; the global stream is left as it was.
             with torch.random.fork_rng(devices=[]):
-                torch.default_generator.manual_seed(derived_seed(run_seed(), LAZY_INIT))
+                torch.default_generator.manual_seed(derived_seed(run_seed(), SeedKey.LAZY_INIT))
                 materialize(self, datamodule.example_input, self.dry_run)
             for name in self.frozen:
                 self.get_submodule(name).requires_grad_(False)

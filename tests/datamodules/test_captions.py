@@ -7,8 +7,8 @@ import torch
 
 from datamodules import CaptionedDigitsDataModule, CaptionedFolderDataModule, DigitsDataModule
 from datamodules.captions import TRAIN_TEMPLATES, WORDS, ZEROSHOT_TEMPLATES
-from datamodules.contract import IGNORE_INDEX
-from datamodules.text import decode
+from models.contract import IGNORE_INDEX
+from models.tokenizer import decode
 from experiments.cli import DEFAULTS
 from models.errors import ConfigError
 

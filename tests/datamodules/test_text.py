@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamodules.contract import IGNORE_INDEX
-from datamodules.text import END, MASK, PAD, VOCAB_SIZE, TextDataModule, decode, encode
+from models.contract import IGNORE_INDEX
+from datamodules.text import TextDataModule
+from models.tokenizer import END, MASK, PAD, VOCAB_SIZE, decode, encode
 from models.errors import ConfigError
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from datamodules.text import PAD, decode
+from models.tokenizer import PAD, decode
 from datamodules.text_classification import GROUPS, TextClassificationDataModule
 from models.errors import ConfigError
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamodules.text import VOCAB_SIZE, decode, encode
+from models.tokenizer import VOCAB_SIZE, decode, encode
 from experiments.cli import DEFAULTS
 from models.backbones import MLP, Transformer
 from models.errors import ConfigError

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from datamodules import DigitsDataModule, contract
+from datamodules import DigitsDataModule
+from models import contract
 from models.backbones import CNN, MLP, Transformer
 from models.errors import ConfigError
 from models.lazy import has_lazy, materialize

@@ -12,7 +12,7 @@ needs to build itself:
 works with every task. `check` turns a missing piece into one clear sentence.
 """
 
-from typing import Any, Protocol, TypedDict, runtime_checkable
+from typing import Any, Literal, Protocol, TypedDict, runtime_checkable
 
 import torch
 
@@ -21,6 +21,9 @@ from models.errors import ConfigError
 # The target of a sample without a label: PyTorch's own default `ignore_index`, so a cross
 # entropy skips such samples without being told, and a language model's unscored positions too.
 IGNORE_INDEX = -100
+
+# What a language model learns, and so what its data serves: the next token, or masked tokens back.
+Objective = Literal["causal", "masked"]
 
 
 class Batch(TypedDict, total=False):
@@ -62,7 +65,7 @@ def check(datamodule: object) -> None:
     if missing:
         raise ConfigError(
             f"The data {type(datamodule).__name__} does not follow litlab's data contract: it has no "
-            f"{', '.join(missing)}; derive it from datamodules.DataModule or add them (see datamodules/contract.py)."
+            f"{', '.join(missing)}; derive it from datamodules.DataModule or add them (see models/contract.py)."
         )
 
 
