@@ -20,7 +20,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from experiments.export import Format, default_output, export_model
-from experiments.runs import WANDB_ID, RunCSVLogger, claim_version, release_claimed, resumed_run
+from experiments.runs import (
+    WANDB_ID, RunCSVLogger, claim_folder, claim_version, newest_fit, record_job, release_claimed, resumed_run, run_of,
+)
 from models import contract
 from models.checkpoints import check_fits, read_state_dict, resolve_checkpoint
 from models.errors import ConfigError
@@ -76,6 +78,7 @@ def summarize_parser_error(message: str) -> str:
 
 
 EVALUATE = ("validate", "test", "predict", "export")
+COMMAND_ONLY = ("ckpt_path", "weights_only")  # a subcommand's own arguments, left out of a run's config.yaml
 STOPPED = 128 + signal.SIGTERM  # the exit status of a process ended by SIGTERM, as schedulers expect
 def run_root(config) -> Path:
     """Where this experiment's runs are filed: <logger save_dir>/<run name, else project>."""
@@ -84,10 +87,10 @@ def run_root(config) -> Path:
     return Path(init.get("save_dir") or ".", init.get("name") or init.get("project") or "lightning_logs")
 
 
-def config_error_in(err: BaseException) -> ConfigError | None:
-    """The ConfigError `err` is or was raised from, if any."""
+def config_error_in(err: BaseException) -> ConfigError | FileNotFoundError | None:
+    """The user's error (a ConfigError, a missing file) `err` is or was raised from, if any."""
     while err is not None:
-        if isinstance(err, ConfigError):
+        if isinstance(err, (ConfigError, FileNotFoundError)):
             return err
         err = err.__cause__ or err.__context__
     return None
@@ -107,6 +110,11 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._log_dir = trainer.log_dir  # a collective under DDP: every rank asks here, not in save_config
+        # What the command was run on (its checkpoint) is not the experiment: without it, a run's
+        # config.yaml serves every subcommand (`litlab export --config .../config.yaml --ckpt_path ...`).
+        self.config = self.config.clone()
+        for key in COMMAND_ONLY:
+            self.config.pop(key, None)
         super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -206,18 +214,22 @@ class LitlabCLI(LightningCLI):
         if self.subcommand:
             config.ckpt_path = self._ckpt_path
             config.ckpt_path = self._resolve_ckpt_path(config)
-        self._resume = None
+        self._resume = self._run = None  # the fit being resumed; the run an evaluation writes into
         if self.subcommand == "fit" and config.ckpt_path:
             self._resume = resumed_run(Path(config.ckpt_path))
+        elif self.subcommand in EVALUATE and config.ckpt_path:
+            self._run = run_of(config.ckpt_path)
+        folder = self._resume.folder if self._resume is not None else self._run
         logger = config.trainer.get("logger")
-        if self._resume is not None and (self._resume.folder / WANDB_ID).is_file() and hasattr(logger, "init_args"):
+        if folder is not None and (folder / WANDB_ID).is_file() and hasattr(logger, "init_args"):
             # The same W&B run continues, online or offline; its step axis continues with global_step.
-            logger.init_args.id = (self._resume.folder / WANDB_ID).read_text().strip()
+            logger.init_args.id = (folder / WANDB_ID).read_text().strip()
             logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "resume": "allow"}
 
     def _resolve_ckpt_path(self, config) -> str | None:
-        """A run folder stands for its newest last.ckpt, `last` for the newest last.ckpt of this
-        experiment's runs; evaluating without a checkpoint would score untrained weights."""
+        """A run folder stands for its newest last.ckpt, `last` for the newest fit run of this
+        experiment and task (under SLURM, the one this job started); evaluating without a
+        checkpoint would score untrained weights."""
         path = config.get("ckpt_path")
         if path is None:
             if self.subcommand in EVALUATE and not config.trainer.get("fast_dev_run"):
@@ -228,13 +240,13 @@ class LitlabCLI(LightningCLI):
             return None
         if path == "last":
             root = run_root(config)
-            try:
-                return str(resolve_checkpoint(root))
-            except (FileNotFoundError, ConfigError):
+            found = newest_fit(root, config.model.get("class_path"), os.environ.get("SLURM_JOB_ID"))
+            if found is None:
                 raise ConfigError(
-                    f"--ckpt_path last: no last.ckpt under {root}; this experiment has not saved a run there yet, "
-                    "so give the checkpoint's path instead."
-                ) from None
+                    f"--ckpt_path last: no run under {root} holds a last.ckpt of a {config.model.get('class_path')} "
+                    "fit; this experiment has not saved one there yet, so give the checkpoint's path instead."
+                )
+            return str(found)
         if Path(path).is_dir():
             return str(resolve_checkpoint(path))
         return path
@@ -264,9 +276,17 @@ class LitlabCLI(LightningCLI):
                 # A resumed fit continues its own run directory, metrics and checkpoints.
                 version = int(self._resume.folder.name.split("_")[1])
                 csv_logger = RunCSVLogger(logger.save_dir or ".", name, version, resume=self._resume)
+            elif self._run is not None:
+                # An evaluation of a run's checkpoint writes into that run: version_N/<subcommand>/.
+                run, root = self._run, self._run.parent
+                csv_logger = RunCSVLogger(str(root.parent), root.name, f"{run.name}/{self.subcommand}")
+                if rank_zero_only.rank == 0:
+                    claim_folder(Path(csv_logger.log_dir))
             else:
                 version = claim_version(root) if rank_zero_only.rank == 0 else None
                 csv_logger = RunCSVLogger(logger.save_dir or ".", name, version)
+                if version is not None and self.subcommand == "fit":
+                    record_job(Path(csv_logger.log_dir))
             kwargs.setdefault("logger", [csv_logger, logger])
             if trainer_config.get("default_root_dir") is None:
                 # What Lightning files outside the loggers (SLURM's requeue checkpoint hpc_ckpt_N.ckpt)
@@ -293,6 +313,8 @@ class LitlabCLI(LightningCLI):
         if not path or not Path(path).is_file():
             return  # Lightning names a missing file itself
         state = read_state_dict(path)  # ConfigError for a truncated, pickled or tensor-less file
+        if hasattr(self.model, "size_lazy_layers"):
+            self.model.size_lazy_layers(self.datamodule)  # so that a first layer's shape is checked too
         check_fits(self.model, state, path)
 
     def after_fit(self) -> None:

@@ -2,25 +2,64 @@
 
 A fit claims a fresh `version_N` (atomically, so two jobs started together never share one);
 a resumed fit continues the folder its checkpoint lies in, with the rows of `metrics.csv`
-logged before that checkpoint and the same W&B run (its id is kept in `wandb_id`). A command
-refused before it trains leaves no folder behind.
+logged before that checkpoint and the same W&B run (its id is kept in `wandb_id`). Validate,
+test, predict and export of a checkpoint inside a run write into that run, in a folder named
+after the command (`version_N/test/`). `--ckpt_path last` is the newest fit run of the same
+task by version; under SLURM, the run this job started (its id is kept in `slurm_job_id`), so a
+requeued job resumes its own run. A command refused before it trains leaves no folder behind.
 """
 
 import csv
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from models.lightning_internals import saved_epoch_complete
 
 WANDB_ID = "wandb_id"  # the W&B run id, kept in the run directory so that a resume continues the same run
+SLURM_JOB = "slurm_job_id"  # the SLURM job that started the run, so its requeued self resumes it
 METRICS = "metrics.csv"
-PREAMBLE = {"config.yaml", WANDB_ID}  # what a run holds before it has trained at all
+CONFIG = "config.yaml"
+LAST = Path("checkpoints", "last.ckpt")
+PREAMBLE = {CONFIG, WANDB_ID, SLURM_JOB}  # what a run holds before it has trained at all
+
+
+def run_of(checkpoint: str | os.PathLike) -> Path | None:
+    """The run folder (`<root>/version_N`) that `checkpoint` was saved in, if any."""
+    checkpoint = Path(checkpoint)
+    folder = checkpoint.parent.parent
+    if checkpoint.parent.name != "checkpoints" or not re.fullmatch(r"version_\d+", folder.name):
+        return None
+    return folder
+
+
+def task_of(run: Path) -> str | None:
+    """The class path of the model a run trained, from its config.yaml."""
+    try:
+        config = yaml.load((run / CONFIG).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (OSError, yaml.YAMLError):
+        return None
+    model = config.get("model") if isinstance(config, dict) else None
+    return model.get("class_path") if isinstance(model, dict) else None
+
+
+def newest_fit(root: Path, task: str | None, job: str | None = None) -> Path | None:
+    """last.ckpt of the newest run under `root`, by version, that a fit of `task` saved; under
+    SLURM, that of the run `job` started where there is one. Never a run of another task."""
+    versions = [p for p in root.glob("version_*") if re.fullmatch(r"version_\d+", p.name)]
+    runs = [p for p in sorted(versions, key=lambda p: int(p.name[8:]), reverse=True)
+            if (p / LAST).is_file() and (task is None or task_of(p) in (None, task))]
+    if job:
+        mine = [p for p in runs if (p / SLURM_JOB).is_file() and (p / SLURM_JOB).read_text().strip() == job]
+        runs = mine or runs
+    return runs[0] / LAST if runs else None
 
 
 @dataclass(frozen=True)
@@ -74,6 +113,20 @@ def claim_version(root: Path) -> int:
         return version
 
 
+def claim_folder(folder: Path) -> None:
+    """`folder` (a command's folder inside a run), made if new and then removed again on a refusal."""
+    if not folder.is_dir():
+        folder.mkdir(parents=True)
+        CLAIMED.append(folder)
+
+
+def record_job(folder: Path) -> None:
+    """Keep the SLURM job id in a fit's run folder."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if job:
+        (folder / SLURM_JOB).write_text(job)
+
+
 def release_claimed() -> None:
     """Remove the run directories this process claimed while they hold only what a run writes as it starts."""
     for folder in CLAIMED:
@@ -96,7 +149,7 @@ class RunCSVLogger(CSVLogger):
         self.flush_every = flush_every
         self._rows: list[dict] = []  # logged, not yet written
         self._columns: list[str] = []  # the file's header
-        self._resume = resume
+        self._started = False  # whether this logger has written metrics.csv (a fresh one replaces an older file)
         if resume is not None and rank_zero_only.rank == 0:
             self._continue(Path(self.log_dir, METRICS), resume)
 
@@ -108,6 +161,7 @@ class RunCSVLogger(CSVLogger):
             self._columns = list(reader.fieldnames or [])
             kept = [row for row in reader if resume.kept(row)]
         self._write(path, kept)
+        self._started = True
 
     def _write(self, path: Path, rows: list[dict]) -> None:
         """The whole file, replaced atomically: a kill leaves the old file or the new one."""
@@ -143,13 +197,14 @@ class RunCSVLogger(CSVLogger):
         path = Path(self.log_dir, METRICS)
         path.parent.mkdir(parents=True, exist_ok=True)
         new = set().union(*rows) - set(self._columns)
-        if new or not path.is_file():
+        if new or not path.is_file() or not self._started:
             old = []
-            if path.is_file():
+            if path.is_file() and self._started:
                 with path.open(newline="") as f:
                     old = list(csv.DictReader(f))
             self._columns = sorted({*self._columns, *new})
             self._write(path, old + rows)
+            self._started = True
             return
         with path.open("a", newline="") as f:
             csv.DictWriter(f, fieldnames=self._columns).writerows(rows)

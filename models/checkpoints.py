@@ -146,8 +146,16 @@ def check_fits(model: nn.Module, state: dict[str, torch.Tensor], path: str | os.
     wrong = [k for k, v in expected.items() if k in state and not is_lazy(v) and state[k].shape != v.shape]
     if missing or unexpected or wrong:
         problems = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
-                    for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                       ("keys of another shape", wrong)) if keys]
+                    for what, keys in (("missing keys", missing), ("unexpected keys", unexpected)) if keys]
+        if wrong:
+            key = wrong[0]
+            saved, built = list(state[key].shape), list(expected[key].shape)
+            problems.append(f"{key} is {saved} in the checkpoint and {built} as configured"
+                            + (f" (and {len(wrong) - 1} more of another shape)" if len(wrong) > 1 else ""))
+            first = next(k for k, v in expected.items() if v.dim() > 1)  # the first layer's weight
+            if key == first and saved[0] == built[0] and saved[2:] == built[2:]:
+                problems[-1] += (f": the input has {built[1]} channels or features where training had {saved[1]}, "
+                                 "so set data.channels (or the data's input width) as it was in training")
         raise ConfigError(
             f"Checkpoint {path} does not fit {type(model).__name__} as configured: {'; '.join(problems)}; "
             "pass the config the checkpoint was trained with."

@@ -95,8 +95,11 @@ class Task(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         self._check_preprocessing()
+        self.size_lazy_layers(self.trainer.datamodule)
+
+    def size_lazy_layers(self, datamodule) -> None:
+        """Size the lazy layers from the data's `example_input` (once; later calls do nothing)."""
         if has_lazy(self):
-            datamodule = self.trainer.datamodule
             contract.check(datamodule)
             # Lazy layers draw their initial weights from a seed of their own (the module is still
             # on the CPU here): the same whatever ran before, so one process and DDP (whose set-up

@@ -33,7 +33,7 @@ def one_error_line(code: int, err: str, message: str) -> None:
         (["--config", CNN, "--model.init_args.backbone.init_args.channels=[]"], "CNN channels must name at least one"),
         (["--config", CNN, "--model.schedule=onecycle", "--model.warmup_fraction=0"], "onecycle schedule must rise"),
         (["--config", CNN, "--ckpt_path=missing.ckpt"], "Checkpoint file not found: missing.ckpt"),
-        (["--config", CNN, "--ckpt_path=last"], "--ckpt_path last: no last.ckpt under runs/digits-cnn"),
+        (["--config", CNN, "--ckpt_path=last"], "--ckpt_path last: no run under runs/digits-cnn holds a last.ckpt"),
         (["--config", CNN, "--model.optimizer.lr=-0.1"], "model.optimizer: Invalid learning rate: -0.1"),
         (["--config", CNN, "--model.optimizer.lr=1e6"], "The training loss became nan at step"),
     ],

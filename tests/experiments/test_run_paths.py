@@ -42,3 +42,84 @@ def test_two_fits_started_together_get_their_own_run_directories(tmp_path):
     for folder in folders:
         assert (tmp_path / "runs" / "digits-mlp" / folder / "config.yaml").is_file()
         assert (tmp_path / "runs" / "digits-mlp" / folder / "checkpoints" / "last.ckpt").exists()
+
+
+def test_every_command_on_a_run_writes_into_that_run_and_last_is_the_newest_fit_of_the_same_task(cli, monkeypatch,
+                                                                                                  tmp_path):
+    cli("fit", "--config", MLP, "--trainer.max_epochs=1")
+    run = Path("runs/digits-mlp/version_0").resolve()
+    # A newer run of another task under the same name, and a newer folder no fit finished a save in.
+    other = Path("runs/digits-mlp/version_1")
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "checkpoints" / "last.ckpt").write_bytes((run / "checkpoints" / "last.ckpt").read_bytes())
+    (other / "config.yaml").write_text("model:\n  class_path: models.SimCLR\n")
+    Path("runs/digits-mlp/version_2").mkdir()
+
+    tested = cli("test", "--config", MLP, "--ckpt_path=last")
+    assert Path(tested.trainer.log_dir).resolve() == run / "test"
+    assert float(tested.trainer.callback_metrics["test/acc"]) > 0.5  # version_0's weights, not untrained ones
+    cli("predict", "--config", MLP, "--ckpt_path=last")
+    cli("export", "--config", MLP, "--ckpt_path=last")
+    # The run's own config.yaml, from another folder, for every subcommand.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for subcommand in ("validate", "test", "predict", "export"):
+        cli(subcommand, "--config", str(run / "config.yaml"), f"--ckpt_path={run}")
+
+    assert sorted(p.name for p in run.parent.iterdir()) == ["version_0", "version_1", "version_2"]
+    assert (run / "predict" / "predictions.csv").is_file() and (run / "export" / "model.safetensors").is_file()
+    assert (run / "test" / "metrics.csv").is_file() and (run / "validate" / "metrics.csv").is_file()
+    assert not (elsewhere / "runs" / "digits-mlp").exists()
+
+
+def test_last_under_slurm_is_the_run_this_job_started(tmp_path):
+    from experiments.runs import SLURM_JOB, newest_fit
+
+    for version, job in ((0, "11"), (1, "12")):
+        folder = tmp_path / f"version_{version}"
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "checkpoints" / "last.ckpt").touch()
+        (folder / "config.yaml").write_text("model:\n  class_path: models.Classifier\n")
+        (folder / SLURM_JOB).write_text(job)
+    (tmp_path / "version_10" / "checkpoints").mkdir(parents=True)  # by version, not by name: 10 > 9
+    (tmp_path / "version_10" / "checkpoints" / "last.ckpt").touch()
+    assert newest_fit(tmp_path, "models.Classifier", job="11") == tmp_path / "version_0" / "checkpoints" / "last.ckpt"
+    assert newest_fit(tmp_path, "models.Classifier") == tmp_path / "version_10" / "checkpoints" / "last.ckpt"
+    assert newest_fit(tmp_path, "models.Classifier", job="99") == tmp_path / "version_10" / "checkpoints" / "last.ckpt"
+    assert newest_fit(tmp_path / "none", "models.Classifier") is None
+
+
+FOLDER_CNN = str(DEFAULTS.parent / "folder" / "cnn.yaml")
+
+
+def test_reusing_a_finished_run_is_one_line_per_mistake_and_leaves_the_run_as_it_was(litlab_main, monkeypatch,
+                                                                                     tmp_path):
+    from tests.conftest import write_image_folder
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    images = write_image_folder(tmp_path / "images", classes=2, per_class=8)
+    quiet = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    fit = ["fit", "--config", FOLDER_CNN, f"--data.root={images}", "--data.image_size=16", "--trainer.max_epochs=1"]
+    code, _, err = litlab_main(*fit, *quiet)
+    assert code == 0, err[-2000:]
+    run = tmp_path / "runs" / "folder-cnn" / "version_0"
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+
+    cases = [  # (arguments, what the one line must say)
+        (["test", "--config", FOLDER_CNN, "--ckpt_path=last"],
+         ["Image folder path/to/images does not exist", "set data.root"]),
+        (["test", "--config", FOLDER_CNN, f"--data.root={images}", "--data.image_size=16", "--data.channels=1",
+          "--ckpt_path=last"],
+         ["backbone.features.0.weight is [32, 3, 3, 3] in the checkpoint and [32, 1, 3, 3] as configured",
+          "data.channels"]),
+        (["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(tmp_path / "no-such.ckpt")],
+         ["no-such.ckpt", "not found"]),
+    ]
+    for args, said in cases:
+        code, _, err = litlab_main(*args, *quiet)
+        lines = [line for line in err.splitlines() if line.startswith("litlab: error:")]
+        assert code == 2 and len(lines) == 1 and "Traceback" not in err, (args, err[-2000:])
+        assert all(part in lines[0] for part in said), (args, lines[0])
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing left behind, nothing lost
+    assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]
