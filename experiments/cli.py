@@ -12,6 +12,7 @@ import wandb
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -307,14 +308,17 @@ class LitlabCLI(LightningCLI):
         self._check_checkpoint()
 
     def _check_checkpoint(self) -> None:
-        """Read --ckpt_path safely and match it to the model before Lightning loads it, so that a
-        damaged file or one of another model is one clear line, before the run writes anything."""
+        """Size the model's lazy layers, then read --ckpt_path safely and match it to the model
+        before Lightning loads it, so that a damaged file or one of another model is one clear
+        line, before the run writes anything."""
+        # Sized before the trainer runs: callbacks that copy or inspect the model as they set up
+        # (weight averaging, the learning-rate finder) see its real shapes, and so does the check below.
+        if hasattr(self.model, "size_lazy_layers"):
+            self.model.size_lazy_layers(self.datamodule)
         path = self.config[self.subcommand].get("ckpt_path")
         if not path or not Path(path).is_file():
             return  # Lightning names a missing file itself
         state = read_state_dict(path)  # ConfigError for a truncated, pickled or tensor-less file
-        if hasattr(self.model, "size_lazy_layers"):
-            self.model.size_lazy_layers(self.datamodule)  # so that a first layer's shape is checked too
         check_fits(self.model, state, path)
 
     def after_fit(self) -> None:
@@ -354,6 +358,9 @@ class LitlabCLI(LightningCLI):
             return
         metrics = self.trainer.callback_metrics
         lines = [f"{key} = {float(value):.4f}" for key, value in sorted(metrics.items()) if key.startswith("test/")]
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, EarlyStopping) and callback.stopping_reason_message:
+                lines.append(f"stopped early at epoch {callback.stopped_epoch}: {callback.stopping_reason_message}")
         if best:
             lines.append(f"best checkpoint: {best}")
         if log_dir:

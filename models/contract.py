@@ -102,3 +102,8 @@ def request_reference_set(datamodule: object, task: str) -> None:
             "or turn the monitor off."
         )
     datamodule.request_reference_set()
+
+
+def batch_size(batch: Batch) -> int:
+    """The number of samples in a batch, for callbacks that count them (Lightning's ThroughputMonitor's `batch_size_fn`)."""
+    return len(batch["input"])

@@ -76,15 +76,17 @@ def configure_optimization(
     warmup_fraction: float | None = None,
     lr_scale: dict[str, float] | None = None,
     no_decay: set[str] | frozenset[str] = frozenset(),
+    lr: float | None = None,
 ):
     """What `configure_optimizers` returns: the optimizer, and a per-step schedule over `total_steps`.
 
     `warmup_fraction` None means the schedule's own: none for cosine, ONECYCLE_WARMUP for onecycle.
+    `lr`, where given, replaces the optimizer's own learning rate (each group's scale still applies).
     """
     check_schedule(schedule, warmup_fraction)
     opt = optimizer(parameter_groups(module, lr_scale, no_decay))
     for group in opt.param_groups:
-        group["lr"] *= group["lr_scale"]
+        group["lr"] = (group["lr"] if lr is None else lr) * group["lr_scale"]
     if schedule == "constant":
         return opt
     if schedule == "onecycle":

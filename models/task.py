@@ -38,6 +38,10 @@ class Task(L.LightningModule):
         self.optimizer = optimizer
         self.schedule = schedule
         self.warmup_fraction = warmup_fraction
+        # The learning rate, where something sets one over the optimizer's own: Lightning's
+        # LearningRateFinder and Tuner.lr_find look for `lr` and set it to what they found.
+        self.lr: float | None = None
+        self._built_lr: float | None = None  # the `lr` the optimizer was last built with
         self.lr_scales: dict[str, float] = {}
         self.no_decay: set[str] = set()
         self.frozen: list[str] = []
@@ -174,9 +178,17 @@ class Task(L.LightningModule):
 
     # ---- optimisation ----
 
+    def on_fit_start(self) -> None:
+        # A callback that chose the learning rate as the fit started (LearningRateFinder sets `lr`)
+        # came after the optimizer was built; it is built again, schedule and group scales included.
+        # A resumed fit's optimizer state is restored after this hook, so nothing is lost.
+        if self.lr != self._built_lr:
+            self.trainer.strategy.setup_optimizers(self.trainer)
+
     def configure_optimizers(self):
+        self._built_lr = self.lr
         steps = int(self.trainer.estimated_stepping_batches)
         return configure_optimization(
-            self, self.optimizer, self.schedule, steps, self.warmup_fraction, self.lr_scales, self.no_decay
+            self, self.optimizer, self.schedule, steps, self.warmup_fraction, self.lr_scales, self.no_decay, self.lr
         )
 
