@@ -116,7 +116,9 @@ def test_test_and_predict_from_the_checkpoint(fitted, litlab):
 
     predicted = litlab("predict", "--config", MLP, "--ckpt_path", str(best), "--trainer.enable_progress_bar=false")
     assert predicted.returncode == 0, predicted.stderr[-3000:]
-    (out,) = Path("runs").glob("digits-mlp/version_*/predictions.csv")
+    # Into the run the checkpoint belongs to, wherever the command runs; no new version_N anywhere.
+    out = cwd / "runs" / "digits-mlp" / "version_0" / "predict" / "predictions.csv"
+    assert not Path("runs", "digits-mlp").exists() and [p.name for p in out.parents[2].iterdir()] == ["version_0"]
     rows = list(csv.DictReader(out.open()))
     assert [int(r["index"]) for r in rows] == list(range(360))
     probs = [sum(float(r[f"prob_{c}"]) for c in range(10)) for r in rows]
