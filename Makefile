@@ -19,7 +19,7 @@ train: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n auto
 
-# Everything not marked slow (no learning claims, no subprocess runs): the tier for iteration.
+# Everything not marked slow (no learning claims, no chains of fits, no subprocess runs): the tier for iteration.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n auto -m "not slow"
 

@@ -5,6 +5,7 @@ Each stage must load the checkpoint the previous stage wrote (few epochs: this i
 import logging
 from pathlib import Path
 
+import pytest
 import torch
 
 from experiments.cli import DEFAULTS
@@ -18,6 +19,7 @@ def weights(path: Path, prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+@pytest.mark.slow
 def test_pretrain_finetune_distil_test(cli, caplog):
     caplog.set_level(logging.INFO)
     cli("fit", "--config", str(DIGITS / "simclr.yaml"), SHORT)

@@ -29,6 +29,7 @@ def final_state(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "experiment, flags",
     [("cnn_augment", ["--data.num_workers=2", "--model.backbone.dropout=0.2"]), ("simclr", [])],

@@ -11,6 +11,7 @@ from experiments.cli import DEFAULTS
 MLP = str(DEFAULTS.parent / "digits" / "mlp.yaml")
 
 
+@pytest.mark.slow
 def test_a_run_folder_and_last_stand_for_the_newest_last_checkpoint(cli):
     cli("fit", "--config", MLP, "--trainer.max_epochs=1")
     cli("fit", "--config", MLP, "--trainer.max_epochs=2", "--seed_everything=1")
@@ -44,6 +45,7 @@ def test_two_fits_started_together_get_their_own_run_directories(tmp_path):
         assert (tmp_path / "runs" / "digits-mlp" / folder / "checkpoints" / "last.ckpt").exists()
 
 
+@pytest.mark.slow
 def test_every_command_on_a_run_writes_into_that_run_and_last_is_the_newest_fit_of_the_same_task(cli, monkeypatch,
                                                                                                   tmp_path):
     cli("fit", "--config", MLP, "--trainer.max_epochs=1")
@@ -93,6 +95,7 @@ def test_last_under_slurm_is_the_run_this_job_started(tmp_path):
 FOLDER_CNN = str(DEFAULTS.parent / "folder" / "cnn.yaml")
 
 
+@pytest.mark.slow
 def test_reusing_a_finished_run_is_one_line_per_mistake_and_leaves_the_run_as_it_was(litlab_main, monkeypatch,
                                                                                      tmp_path):
     from tests.conftest import write_image_folder

@@ -91,6 +91,7 @@ def test_generation_is_repeatable_under_a_seed_and_decodes_to_text():
     assert model.training  # generation leaves the mode as it found it
 
 
+@pytest.mark.slow
 def test_the_masked_objective_learns_the_corpus_far_below_uniform(cli):
     # 1 epoch (91 steps) of a small model on CPU (seconds): uniform guessing is log2(259) = 8.0 bits per
     # byte; measured 4.75 (4.39 after 2 epochs).
@@ -135,6 +136,7 @@ def test_a_short_pretraining_beats_zlib_on_held_out_text_and_pays_off_in_few_lab
     assert statistics.mean(pretrained) - statistics.mean(scratch) >= 0.04
 
 
+@pytest.mark.slow
 def test_samples_after_validation_and_predict_continues_a_prompts_file(cli, capsys, tmp_path):
     gpt_yaml = str(TEXT / "gpt_small.yaml")
     small = ["--model.backbone.d_model=32", "--model.backbone.depth=1"]

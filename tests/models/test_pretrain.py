@@ -17,6 +17,7 @@ from models.backbones import CNN
 DIGITS = DEFAULTS.parent / "digits"
 
 
+@pytest.mark.slow
 def test_knn_monitor_votes_every_n_epochs_and_at_the_last_through_a_validation_dataloader(tmp_path):
     L.seed_everything(0)
     model = SimCLR(backbone=CNN(channels=[8]), num_classes=10, knn_every=2, optimizer=partial(torch.optim.AdamW, lr=0.01))
