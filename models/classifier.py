@@ -109,7 +109,7 @@ class Classifier(Task):
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_metrics)
 
-    def _evaluate(self, batch: Batch, stage: str) -> dict[str, torch.Tensor]:
+    def evaluate(self, batch: Batch, stage: str) -> dict[str, torch.Tensor]:
         logits = self(field(batch, "input", type(self).__name__), batch.get("padding_mask"))
         self.score(stage, logits, batch["target"])
         return {"logits": logits}
@@ -119,23 +119,11 @@ class Classifier(Task):
         self.eval_loss[stage].update(self.loss(logits, y), weight=(y != IGNORE_INDEX).sum())
         self.eval_metrics[stage].update(logits, y)
 
-    def _log_evaluation(self, stage: str) -> None:
+    def log_evaluation(self, stage: str) -> None:
         # One log call per metric an epoch; torchmetrics averages the loss over samples and ranks,
         # so every rank picks the same best checkpoint.
         self.log(f"{stage}/loss", self.eval_loss[stage], prog_bar=True)
         self.log_dict(self.eval_metrics[stage], prog_bar=True)
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_evaluation("val")
-
-    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._evaluate(batch, "test")  # the logits reach callbacks (callbacks.TestReport)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_evaluation("test")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         probs = self(field(batch, "input", type(self).__name__), batch.get("padding_mask")).softmax(dim=-1)

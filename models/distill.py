@@ -116,19 +116,19 @@ class Distill(Classifier):
         self.train_metrics.update(logits.detach(), y)
         return loss
 
-    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        x, y = field(batch, "input", "Distill"), batch["target"]
-        logits = self(x)
-        self.score("test", logits, y)
-        _, teacher_logits = self.teach(x)
-        self.teacher_acc.update(teacher_logits, y)
-        self.agreement.update((logits.argmax(-1) == teacher_logits.argmax(-1)).float())
-        return {"logits": logits}  # the student's, for callbacks (callbacks.TestReport)
+    def evaluate(self, batch: Batch, stage: str) -> dict[str, torch.Tensor]:
+        out = super().evaluate(batch, stage)  # the student's logits, scored
+        if stage == "test":  # and, once, how it compares with its teacher
+            _, teacher_logits = self.teach(field(batch, "input", "Distill"))
+            self.teacher_acc.update(teacher_logits, batch["target"])
+            self.agreement.update((out["logits"].argmax(-1) == teacher_logits.argmax(-1)).float())
+        return out
 
-    def on_test_epoch_end(self) -> None:
-        super().on_test_epoch_end()
-        self.log("test/teacher_acc", self.teacher_acc)
-        self.log("test/agreement", self.agreement)
+    def log_evaluation(self, stage: str) -> None:
+        super().log_evaluation(stage)
+        if stage == "test":
+            self.log("test/teacher_acc", self.teacher_acc)
+            self.log("test/agreement", self.agreement)
 
     # ---- the checkpoint is the student's ----
 

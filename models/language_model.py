@@ -100,28 +100,16 @@ class LanguageModel(Task):
         self.log_train({"train/loss": loss}, batch_size=len(batch["target"]))
         return loss
 
-    def _evaluate(self, batch: Batch, stage: str) -> None:
+    def evaluate(self, batch: Batch, stage: str) -> None:
         loss, count = self.loss(batch)
         self.eval_loss[stage].update(loss, weight=count)  # a mean over tokens, exact across batches and ranks
 
-    def _log_evaluation(self, stage: str) -> None:
+    def log_evaluation(self, stage: str) -> None:
         loss = self.eval_loss[stage].compute()
         self.eval_loss[stage].reset()
         self.log(f"{stage}/loss", loss, prog_bar=True)
         self.log(f"{stage}/bpb", loss / math.log(2), prog_bar=True)
         self.log(f"{stage}/ppl", loss.exp())
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_evaluation("val")
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_evaluation("test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, str]:
         """The continuation of one prompt, sampled as `sample_tokens` tokens with a seed of its own."""

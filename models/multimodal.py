@@ -178,7 +178,7 @@ class CLIP(Task):
 
     # ---- evaluation ----
 
-    def _evaluate(self, batch: Batch, stage: str) -> None:
+    def evaluate(self, batch: Batch, stage: str) -> None:
         image = self.encode_image(field(batch, "input", "CLIP"))
         text = self.encode_text(field(batch, "text", "CLIP"), batch.get("text_padding_mask"))
         self.pairs[stage].update(image, text, batch["caption_id"])
@@ -189,7 +189,7 @@ class CLIP(Task):
             count = labelled.sum()
             self.zeroshot[stage].update(correct.sum() / count.clamp(min=1), weight=count)
 
-    def _log_evaluation(self, stage: str) -> None:
+    def log_evaluation(self, stage: str) -> None:
         image, text, ids = self.pairs[stage].compute()  # the whole set, gathered from every process
         self.pairs[stage].reset()
         metrics = {f"{stage}/loss": whole_set_clip_loss(image, text, self.scale.detach())}
@@ -204,18 +204,6 @@ class CLIP(Task):
         # Already the same on every process (the states were gathered before computing); the
         # mean over processes of equal values changes nothing and tells Lightning they agree.
         self.log_dict(metrics, prog_bar=True, sync_dist=True)
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_evaluation("val")
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_evaluation("test")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         image = self.encode_image(field(batch, "input", "CLIP"))

@@ -35,8 +35,9 @@ class SimCLR(Task):
     The data must give two views per training image (`augment.views: 2`); labels, where the
     data has them, never reach the contrastive loss. They feed two monitors of the
     representation: a linear probe trained on detached features in its own parameter group,
-    without weight decay (`val/probe_acc`; its cross entropy is logged as `val/loss`, so
-    checkpoints keep the epoch whose features a linear classifier reads best), and, every
+    without weight decay (`val/probe_acc`, and `test/probe_acc` when tested; its cross entropy
+    is logged as `val/loss`, so checkpoints keep the epoch whose features a linear classifier
+    reads best), and, every
     `knn_every` epochs and at the last, a k-nearest-neighbour vote against the labelled
     training images (`val/knn_acc`), which the data serves as an extra validation dataloader.
     """
@@ -80,8 +81,9 @@ class SimCLR(Task):
         self.knn_k, self.knn_temperature, self.knn_every = knn_k, knn_temperature, knn_every
         self.knn = num_classes is not None and knn_k > 0
         if num_classes:
-            self.probe_loss = MeanMetric()  # averaged over samples, exactly, across ranks
-            self.probe_acc = MulticlassAccuracy(num_classes, average="micro")
+            # The probe is scored on the validation and the test images, each stage in metrics of its own.
+            self.probe_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})  # exact across ranks
+            self.probe_acc = nn.ModuleDict({stage: MulticlassAccuracy(num_classes, average="micro") for stage in ("val", "test")})
             self.knn_acc = MulticlassAccuracy(num_classes, average="micro")
 
     def setup(self, stage: str) -> None:
@@ -127,21 +129,26 @@ class SimCLR(Task):
         self._bank: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.knn and dataloader_idx == REFERENCE:
+            if self._vote:
+                x = field(batch, "input", "SimCLR")
+                self._reference.append((F.normalize(self.backbone(x).float(), dim=1), batch["target"]))
+            return
+        self.evaluate(batch, "val")
+
+    def evaluate(self, batch: Batch, stage: str) -> None:
+        """The linear probe's loss and accuracy on `stage`'s images, and in validation the k-NN vote."""
         if self.probe is None:
             return
         x, y = field(batch, "input", "SimCLR"), batch["target"]
-        if self.knn and dataloader_idx == REFERENCE:
-            if self._vote:
-                self._reference.append((F.normalize(self.backbone(x).float(), dim=1), y))
-            return
         features = self.backbone(x)
         logits = self.probe(features)
         log = dict(batch_size=len(y), add_dataloader_idx=False)
-        self.probe_loss.update(F.cross_entropy(logits, y), weight=len(y))
-        self.log("val/loss", self.probe_loss, **log)
-        self.probe_acc(logits, y)
-        self.log("val/probe_acc", self.probe_acc, prog_bar=True, **log)
-        if self._vote:
+        self.probe_loss[stage].update(F.cross_entropy(logits, y), weight=len(y))
+        self.log(f"{stage}/loss", self.probe_loss[stage], **log)
+        self.probe_acc[stage](logits, y)
+        self.log(f"{stage}/probe_acc", self.probe_acc[stage], prog_bar=True, **log)
+        if stage == "val" and self._vote:
             bank, labels = self._gathered_bank()
             query = F.normalize(features.float(), dim=1)
             scores = knn_vote(query, bank, labels, self.knn_k, self.knn_temperature, self.probe.out_features)

@@ -8,7 +8,9 @@ each of them:
 - the optimizer / schedule / warmup arguments, and `configure_optimizers` through `models/optim.py`;
 - per-part learning-rate scales (`self.lr_scales`) and parts trained without weight decay (`self.no_decay`);
 - reusable parts: `load_part` fills a submodule from a checkpoint, strictly and safely, and
-  `freeze` keeps a submodule fixed (no gradients, no optimizer state, eval mode for the whole run).
+  `freeze` keeps a submodule fixed (no gradients, no optimizer state, eval mode for the whole run);
+- validation and testing: a task says how a batch is scored (`evaluate(batch, stage)`) and what
+  an epoch logs (`log_evaluation(stage)`); the Lightning hooks of both stages call them.
 """
 
 import os
@@ -94,6 +96,29 @@ class Task(L.LightningModule):
         if (every and (trainer.global_step + 1) % every == 0) or trainer.is_last_batch or trainer.should_stop:
             for name, value in values.items():
                 self.log(name, value, prog_bar=name == "train/loss", batch_size=batch_size)
+
+    # ---- evaluation: validation and test score the same way, into metrics of their own ----
+
+    def evaluate(self, batch, stage: str) -> dict[str, torch.Tensor] | None:
+        """Score one batch of `stage` ("val" or "test") into that stage's metrics; what it
+        returns from a test batch reaches the callbacks (callbacks.TestReport reads `logits`)."""
+        raise NotImplementedError(f"{type(self).__name__} must say how a batch is scored: define evaluate(batch, stage).")
+
+    def log_evaluation(self, stage: str) -> None:
+        """Log what `stage`'s metrics gathered over the epoch; a task that logs its metric
+        objects from `evaluate` (Lightning then computes them once an epoch) needs nothing here."""
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_evaluation("val")
+
+    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor] | None:
+        return self.evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_evaluation("test")
 
     # ---- sizing ----
 
