@@ -1,10 +1,11 @@
 """`litlab report RUN_DIR`: plots and a one-page summary of a run, from its own files, no W&B needed.
 
 Reads the run directory's `metrics.csv` and `config.yaml`, and `test_confusion.csv` or
-`predictions.csv` where present; writes `loss.png` (training and validation loss against
-step), `metrics.png` (each validation metric against epoch), `lr.png` (the learning rates),
-`confusion.png` (the test confusion matrix) and `report.md`, which embeds them with the
-final metrics, the best checkpoint and the config's key settings. A run still going, or
+`predictions.csv` where present (the run's own, else those of its `test/` and `predict/`
+commands); writes into the run's `report/` folder `loss.png` (training and validation loss
+against step), `metrics.png` (each validation metric against epoch), `lr.png` (the learning
+rates), `confusion.png` (the test confusion matrix) and `report.md`, which embeds them with
+the final metrics, the best checkpoint and the config's key settings. A run still going, or
 killed mid-way (its last row cut short), is reported as far as it got.
 """
 
@@ -92,14 +93,19 @@ def line_plot(path: Path, lines: Series, xlabel: str, title: str) -> Path | None
     return path
 
 
+def first_file(folder: Path, name: str) -> Path | None:
+    """`name` in the run folder itself, else in the folder of its `test` or `predict` command."""
+    return next((p for p in (folder / name, folder / "test" / name, folder / "predict" / name) if p.is_file()), None)
+
+
 def read_confusion(folder: Path) -> tuple[list[str], list[list[int]]] | None:
     """The test confusion matrix (rows: true class) from test_confusion.csv, else from predictions.csv."""
-    if (folder / CONFUSION_FILE).is_file():
-        with (folder / CONFUSION_FILE).open(newline="") as f:
+    if (path := first_file(folder, CONFUSION_FILE)) is not None:
+        with path.open(newline="") as f:
             header, *rows = list(csv.reader(f))
         return header[1:], [[int(v) for v in row[1:]] for row in rows]
-    if (folder / "predictions.csv").is_file():
-        with (folder / "predictions.csv").open(newline="") as f:
+    if (path := first_file(folder, "predictions.csv")) is not None:
+        with path.open(newline="") as f:
             rows = [r for r in csv.DictReader(f) if r.get("target") not in (None, "", "-100") and r.get("pred")]
         if rows:
             count = max(len([k for k in rows[0] if k.startswith("prob_")]), 1)
@@ -155,19 +161,21 @@ def key_settings(config: dict) -> list[str]:
 
 
 def report(run_dir: str) -> Path:
-    """Write the plots and report.md into the run directory; returns report.md's path."""
+    """Write the plots and report.md into the run directory's report/ folder; returns report.md's path."""
     folder = run_folder(run_dir)
     rows = read_metrics(folder / "metrics.csv")
     if not rows:
         raise ConfigError(f"{folder / 'metrics.csv'} holds no logged row yet; report again once the run has logged a step.")
+    out = folder / "report"
+    out.mkdir(exist_ok=True)
     plots = {}
     losses = series(rows, "step", lambda k: k in ("train/loss", "val/loss"))
-    plots["loss"] = line_plot(folder / "loss.png", losses, "step", "Loss")
+    plots["loss"] = line_plot(out / "loss.png", losses, "step", "Loss")
     evaluation = series(rows, "epoch", lambda k: k.startswith("val/") and k != "val/loss")
-    plots["metrics"] = line_plot(folder / "metrics.png", evaluation, "epoch", "Validation metrics")
-    plots["lr"] = line_plot(folder / "lr.png", series(rows, "step", lambda k: k.startswith("lr-")), "step", "Learning rate")
+    plots["metrics"] = line_plot(out / "metrics.png", evaluation, "epoch", "Validation metrics")
+    plots["lr"] = line_plot(out / "lr.png", series(rows, "step", lambda k: k.startswith("lr-")), "step", "Learning rate")
     confusion = read_confusion(folder)
-    plots["confusion"] = confusion_plot(folder / "confusion.png", *confusion) if confusion else None
+    plots["confusion"] = confusion_plot(out / "confusion.png", *confusion) if confusion else None
 
     final: dict[str, tuple[float, float | None]] = {}
     for row in rows:
@@ -191,8 +199,8 @@ def report(run_dir: str) -> Path:
         lines += ["## Settings", "", *[f"- {line}" for line in key_settings(config)], ""]
     titles = {"loss": "Loss", "metrics": "Validation metrics", "lr": "Learning rate", "confusion": "Test confusion matrix"}
     lines += ["## Plots", ""] + [f"![{titles[name]}]({path.name})" for name, path in plots.items() if path]
-    out = folder / "report.md"
-    out.write_text("\n".join(lines) + "\n")
     written = ", ".join(path.name for path in plots.values() if path)
+    out = out / "report.md"
+    out.write_text("\n".join(lines) + "\n")
     print(f"Report written to {out} (plots: {written or 'none yet'})", flush=True)
     return out

@@ -4,7 +4,6 @@ import csv
 from pathlib import Path
 
 import pytest
-import yaml
 
 from experiments.cli import DEFAULTS
 
@@ -84,10 +83,10 @@ def test_report_plots_a_finished_run_and_one_killed_mid_way(fitted, litlab, tmp_
     assert result.returncode == 0, result.stderr[-2000:]
     sizes = {"loss": (640, 400), "metrics": (640, 400), "lr": (640, 400), "confusion": (600, 600)}
     for name, size in sizes.items():
-        with Image.open(run / f"{name}.png") as image:
+        with Image.open(run / "report" / f"{name}.png") as image:
             image.load()  # decodes the whole file
             assert image.size == size, name
-    text = (run / "report.md").read_text()
+    text = (run / "report" / "report.md").read_text()
     assert "Finished: tested." in text and "| test/acc |" in text and "best-epoch" in text
     assert all(f"]({name}.png)" in text for name in sizes)
     assert "task: `models.Classifier`" in text and "backbone: `models.backbones.MLP`" in text
@@ -100,9 +99,9 @@ def test_report_plots_a_finished_run_and_one_killed_mid_way(fitted, litlab, tmp_
     (killed / "metrics.csv").write_text("\n".join(lines[: second_epoch + 1]) + "\n" + lines[second_epoch + 1][:7])
     result = litlab("report", str(killed), cwd=cwd)
     assert result.returncode == 0, result.stderr[-2000:]
-    text = (killed / "report.md").read_text()
+    text = (killed / "report" / "report.md").read_text()
     assert "Not finished" in text and "Best checkpoint: none saved yet." in text
-    assert (killed / "loss.png").is_file() and not (killed / "confusion.png").exists()
+    assert (killed / "report" / "loss.png").is_file() and not (killed / "report" / "confusion.png").exists()
 
 
 def test_test_and_predict_from_the_checkpoint(fitted, litlab):

@@ -68,10 +68,14 @@ def test_every_command_on_a_run_writes_into_that_run_and_last_is_the_newest_fit_
     monkeypatch.chdir(elsewhere)
     for subcommand in ("validate", "test", "predict", "export"):
         cli(subcommand, "--config", str(run / "config.yaml"), f"--ckpt_path={run}")
+    from experiments.report import report
+
+    assert report(str(run.parent)) == run / "report" / "report.md"  # the experiment's newest run that logged
 
     assert sorted(p.name for p in run.parent.iterdir()) == ["version_0", "version_1", "version_2"]
     assert (run / "predict" / "predictions.csv").is_file() and (run / "export" / "model.safetensors").is_file()
     assert (run / "test" / "metrics.csv").is_file() and (run / "validate" / "metrics.csv").is_file()
+    assert (run / "report" / "confusion.png").is_file()
     assert not (elsewhere / "runs" / "digits-mlp").exists()
 
 
