@@ -2,27 +2,26 @@
 
 import netrc
 import os
-import re
 import signal
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
 import wandb
-import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from experiments.export import Format, default_output, export_model
+from experiments.export import LitlabTrainer
+from experiments.parsing import LitlabArgumentParser, config_error_in
 from experiments.runs import (
-    WANDB_ID, RunCSVLogger, claim_folder, claim_version, newest_fit, record_job, release_claimed, resumed_run, run_of,
+    WANDB_ID, LoggerSaveConfigCallback, newest_fit, release_claimed, resumed_run, run_logger, run_of, run_root,
 )
 from models import contract
 from models.checkpoints import check_fits, read_state_dict, resolve_checkpoint
@@ -43,118 +42,8 @@ def wandb_logged_in() -> bool:
         return False
 
 
-BOILERPLATE = (
-    "Does not validate against",
-    "Subtypes:",
-    "Errors:",
-    "Given value type:",
-    "Expected a <class 'NoneType'>",
-    "Expected a path but",
-    "Problem with given class_path",
-)
-
-
-def summarize_parser_error(message: str) -> str:
-    """One sentence from jsonargparse's nested report: the deepest key, what is wrong, the value given."""
-    keys, detail, given, class_path = [], "", "", ""
-    for line in message.splitlines():
-        text = line.strip().lstrip("- ").strip()
-        if path := re.match(r"Problem with given class_path '([^']+)'", text):
-            class_path = path.group(1)
-        if key := re.match(r'Parser key "([^"]+)"', text):
-            keys.append(key.group(1))
-            detail = text[key.end() :].strip(" :")
-        elif text.startswith("Given value:"):
-            given = given or text.removeprefix("Given value:").strip()
-        elif text and not text.startswith(BOILERPLATE) and not detail:
-            detail = text
-    if not keys:
-        return detail or message.strip().splitlines()[0]
-    where = ".".join(keys)
-    if class_path and ("has no attribute" in detail or "No module named" in detail):
-        return f"{where}: cannot import class '{class_path}' ({detail}); check the class_path"
-    if given and given not in detail and "NestedArg" not in given and not given.startswith("{"):
-        detail = f"{detail} (got {given!r})"
-    return f"{where}: {detail or 'invalid value'}"
-
-
 EVALUATE = ("validate", "test", "predict", "export")
-COMMAND_ONLY = ("ckpt_path", "weights_only")  # a subcommand's own arguments, left out of a run's config.yaml
 STOPPED = 128 + signal.SIGTERM  # the exit status of a process ended by SIGTERM, as schedulers expect
-def run_root(config) -> Path:
-    """Where this experiment's runs are filed: <logger save_dir>/<run name, else project>."""
-    logger = config.trainer.get("logger")
-    init = logger.get("init_args", {}) if hasattr(logger, "get") else {}
-    return Path(init.get("save_dir") or ".", init.get("name") or init.get("project") or "lightning_logs")
-
-
-def config_error_in(err: BaseException) -> ConfigError | FileNotFoundError | None:
-    """The user's error (a ConfigError, a missing file) `err` is or was raised from, if any."""
-    while err is not None:
-        if isinstance(err, (ConfigError, FileNotFoundError)):
-            return err
-        err = err.__cause__ or err.__context__
-    return None
-
-
-class LitlabArgumentParser(LightningArgumentParser):
-    def error(self, message: str, ex: Exception | None = None):
-        if not self.exit_on_error:  # jsonargparse is trying alternatives; let it.
-            super().error(message, ex)
-        prog = self.prog.replace(" [options]", "")
-        print(f"litlab: error: {summarize_parser_error(message).rstrip('.')}. See: {prog} --help", file=sys.stderr)
-        sys.exit(2)
-
-
-class LoggerSaveConfigCallback(SaveConfigCallback):
-    """Saves config.yaml in the run directory, and logs the whole resolved config to every logger."""
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._log_dir = trainer.log_dir  # a collective under DDP: every rank asks here, not in save_config
-        # What the command was run on (its checkpoint) is not the experiment: without it, a run's
-        # config.yaml serves every subcommand (`litlab export --config .../config.yaml --ckpt_path ...`).
-        self.config = self.config.clone()
-        for key in COMMAND_ONLY:
-            self.config.pop(key, None)
-        super().setup(trainer, pl_module, stage)
-
-    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        saved = Path(self._log_dir or ".", self.config_filename)
-        # The file the parent just wrote holds the same dump; reading it back costs far less than a second dump.
-        if self.save_to_log_dir and saved.is_file():
-            text = saved.read_text()
-        else:
-            text = self.parser.dump(self.config, skip_none=False)
-        config = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-        # The CSV logger's run directory already holds config.yaml; its hparams.yaml would be a slow second copy.
-        for logger in trainer.loggers:
-            if not isinstance(logger, CSVLogger):
-                logger.log_hyperparams({"config": config})
-            if isinstance(logger, WandbLogger) and self._log_dir and wandb.run is not None:
-                Path(self._log_dir, WANDB_ID).write_text(wandb.run.id)
-
-
-class LitlabTrainer(Trainer):
-    """Lightning's Trainer, plus the method behind `litlab export` (LightningCLI makes one
-    subcommand of each Trainer method it is told of)."""
-
-    def export(
-        self,
-        model: LightningModule,
-        datamodule: LightningDataModule | None = None,
-        ckpt_path: str | None = None,
-        format: Format = "safetensors",
-        output: str | None = None,
-    ) -> Path:
-        """Write the trained model as safetensors, ONNX or a torch.export program, checked against PyTorch.
-
-        Args:
-            ckpt_path: the checkpoint to export (a .ckpt file, a run folder, or last).
-            format: safetensors, onnx or exported_program.
-            output: the file to write (default: model.<suffix> in this command's run directory).
-        """
-        path = Path(output) if output else default_output(self.log_dir, format)
-        return export_model(model, datamodule, ckpt_path, format, path)
 
 
 class LitlabCLI(LightningCLI):
@@ -190,6 +79,8 @@ class LitlabCLI(LightningCLI):
         # contract gets one clear error from the contract.
         link = dict(apply_on="instantiate")
         parser.link_arguments("data", "model.init_args.num_classes", compute_fn=contract.labels_of, **link)
+        # A language model learns what its data's windows are made for: the objective is set once, on the data.
+        parser.link_arguments("data", "model.init_args.objective", compute_fn=contract.objective_of, **link)
         for tower in ("backbone", "text_backbone"):  # a language model's, a CLIP's text tower
             vocab = f"model.init_args.{tower}.init_args.vocab_size"
             parser.link_arguments("data", vocab, compute_fn=contract.vocab_of, **link)
@@ -270,29 +161,12 @@ class LitlabCLI(LightningCLI):
         if isinstance(logger, WandbLogger):
             # Local runs are filed under the W&B run name when there is one: runs/<name>/version_N.
             name = self.config[self.subcommand].trainer.logger.init_args.get("name") or logger.name
-            # Rank zero claims its run directory at once, so two runs started together never share one;
-            # the other ranks follow rank zero's (Lightning broadcasts the log and checkpoint folders).
-            root = Path(logger.save_dir or ".", name)
-            if self._resume is not None and self._resume.folder.parent == root:
-                # A resumed fit continues its own run directory, metrics and checkpoints.
-                version = int(self._resume.folder.name.split("_")[1])
-                csv_logger = RunCSVLogger(logger.save_dir or ".", name, version, resume=self._resume)
-            elif self._run is not None:
-                # An evaluation of a run's checkpoint writes into that run: version_N/<subcommand>/.
-                run, root = self._run, self._run.parent
-                csv_logger = RunCSVLogger(str(root.parent), root.name, f"{run.name}/{self.subcommand}")
-                if rank_zero_only.rank == 0:
-                    claim_folder(Path(csv_logger.log_dir))
-            else:
-                version = claim_version(root) if rank_zero_only.rank == 0 else None
-                csv_logger = RunCSVLogger(logger.save_dir or ".", name, version)
-                if version is not None and self.subcommand == "fit":
-                    record_job(Path(csv_logger.log_dir))
+            csv_logger = run_logger(logger.save_dir, name, self.subcommand, self._resume, self._run)
             kwargs.setdefault("logger", [csv_logger, logger])
             if trainer_config.get("default_root_dir") is None:
                 # What Lightning files outside the loggers (SLURM's requeue checkpoint hpc_ckpt_N.ckpt)
                 # goes into the run directory, not wherever the job was started.
-                kwargs["default_root_dir"] = csv_logger.log_dir if rank_zero_only.rank == 0 else str(root)
+                kwargs["default_root_dir"] = csv_logger.log_dir if rank_zero_only.rank == 0 else csv_logger.root_dir
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:

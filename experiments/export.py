@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
@@ -198,3 +198,26 @@ def describe(model: LightningModule, datamodule: LightningDataModule, example: t
 
 def default_output(log_dir: str | None, format: Format) -> Path:
     return Path(log_dir or os.getcwd()) / f"model{SUFFIXES.get(format, '')}"
+
+
+class LitlabTrainer(Trainer):
+    """Lightning's Trainer, plus the method behind `litlab export` (LightningCLI makes one
+    subcommand of each Trainer method it is told of)."""
+
+    def export(
+        self,
+        model: LightningModule,
+        datamodule: LightningDataModule | None = None,
+        ckpt_path: str | None = None,
+        format: Format = "safetensors",
+        output: str | None = None,
+    ) -> Path:
+        """Write the trained model as safetensors, ONNX or a torch.export program, checked against PyTorch.
+
+        Args:
+            ckpt_path: the checkpoint to export (a .ckpt file, a run folder, or last).
+            format: safetensors, onnx or exported_program.
+            output: the file to write (default: model.<suffix> in this command's run directory).
+        """
+        path = Path(output) if output else default_output(self.log_dir, format)
+        return export_model(model, datamodule, ckpt_path, format, path)

@@ -7,6 +7,8 @@ test, predict and export of a checkpoint inside a run write into that run, in a 
 after the command (`version_N/test/`). `--ckpt_path last` is the newest fit run of the same
 task by version; under SLURM, the run this job started (its id is kept in `slurm_job_id`), so a
 requeued job resumes its own run. A command refused before it trains leaves no folder behind.
+Each command's resolved configuration is its folder's `config.yaml`, less the command's own
+checkpoint arguments, so a run's config serves every later command.
 """
 
 import csv
@@ -17,8 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import wandb
 import yaml
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from models.lightning_internals import saved_epoch_complete
@@ -29,6 +34,7 @@ METRICS = "metrics.csv"
 CONFIG = "config.yaml"
 LAST = Path("checkpoints", "last.ckpt")
 PREAMBLE = {CONFIG, WANDB_ID, SLURM_JOB}  # what a run holds before it has trained at all
+COMMAND_ONLY = ("ckpt_path", "weights_only")  # a subcommand's own arguments, left out of a run's config.yaml
 
 
 def run_of(checkpoint: str | os.PathLike) -> Path | None:
@@ -212,3 +218,59 @@ class RunCSVLogger(CSVLogger):
     @rank_zero_only
     def finalize(self, status: str) -> None:
         self.save()
+
+
+def run_logger(save_dir: str | None, name: str, subcommand: str, resume: Resume | None, run: Path | None
+               ) -> "RunCSVLogger":
+    """The CSV logger whose folder is this command's place: a resumed fit continues its own run
+    folder; a command on a checkpoint of a run writes into that run (`version_N/<subcommand>/`);
+    anything else claims a fresh `version_N`. Rank zero claims at once, so two runs started
+    together never share one; the other ranks follow it (Lightning broadcasts the log folder)."""
+    save_dir = save_dir or "."
+    if resume is not None and resume.folder.parent == Path(save_dir, name):
+        return RunCSVLogger(save_dir, name, int(resume.folder.name.split("_")[1]), resume=resume)
+    if run is not None:
+        logger = RunCSVLogger(str(run.parent.parent), run.parent.name, f"{run.name}/{subcommand}")
+        if rank_zero_only.rank == 0:
+            claim_folder(Path(logger.log_dir))
+        return logger
+    version = claim_version(Path(save_dir, name)) if rank_zero_only.rank == 0 else None
+    logger = RunCSVLogger(save_dir, name, version)
+    if version is not None and subcommand == "fit":
+        record_job(Path(logger.log_dir))
+    return logger
+
+
+def run_root(config) -> Path:
+    """Where this experiment's runs are filed: <logger save_dir>/<run name, else project>."""
+    logger = config.trainer.get("logger")
+    init = logger.get("init_args", {}) if hasattr(logger, "get") else {}
+    return Path(init.get("save_dir") or ".", init.get("name") or init.get("project") or "lightning_logs")
+
+
+class LoggerSaveConfigCallback(SaveConfigCallback):
+    """Saves config.yaml in the run directory, and logs the whole resolved config to every logger."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._log_dir = trainer.log_dir  # a collective under DDP: every rank asks here, not in save_config
+        # What the command was run on (its checkpoint) is not the experiment: without it, a run's
+        # config.yaml serves every subcommand (`litlab export --config .../config.yaml --ckpt_path ...`).
+        self.config = self.config.clone()
+        for key in COMMAND_ONLY:
+            self.config.pop(key, None)
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        saved = Path(self._log_dir or ".", self.config_filename)
+        # The file the parent just wrote holds the same dump; reading it back costs far less than a second dump.
+        if self.save_to_log_dir and saved.is_file():
+            text = saved.read_text()
+        else:
+            text = self.parser.dump(self.config, skip_none=False)
+        config = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        # The CSV logger's run directory already holds config.yaml; its hparams.yaml would be a slow second copy.
+        for logger in trainer.loggers:
+            if not isinstance(logger, CSVLogger):
+                logger.log_hyperparams({"config": config})
+            if isinstance(logger, WandbLogger) and self._log_dir and wandb.run is not None:
+                Path(self._log_dir, WANDB_ID).write_text(wandb.run.id)
