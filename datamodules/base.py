@@ -128,6 +128,8 @@ class Splits:
 class DataModule(L.LightningDataModule):
     """The base of litlab's DataModules; implements the data contract (`models/contract.py`).
 
+    test_fraction: the share of all samples held out for testing, for data without a test split
+        of its own (None: the data has one); val_fraction is then a share of all samples too.
     label_fraction: the share of training samples whose label is used (seeded, stratified).
     unlabelled: what happens to the others: `drop` leaves them out of training; `keep` trains on
         them with their target set to IGNORE_INDEX (for tasks that learn without labels, such as
@@ -142,6 +144,7 @@ class DataModule(L.LightningDataModule):
     def __init__(
         self,
         val_fraction: float = 0.1,
+        test_fraction: float | None = None,
         label_fraction: float = 1.0,
         unlabelled: Unlabelled = "drop",
         batch_size: int = 64,
@@ -152,6 +155,12 @@ class DataModule(L.LightningDataModule):
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be between 0 and 1 (exclusive); got {val_fraction}.")
+        if test_fraction is not None and not 0.0 < test_fraction < 1.0:
+            raise ConfigError(f"test_fraction must be between 0 and 1 (exclusive); got {test_fraction}.")
+        if test_fraction is not None and val_fraction + test_fraction >= 1.0:
+            raise ConfigError(
+                f"val_fraction + test_fraction must leave data to train on; got {val_fraction} + {test_fraction}."
+            )
         if not 0.0 < label_fraction <= 1.0:
             raise ConfigError(f"label_fraction must be in (0, 1]; got {label_fraction}.")
         if batch_size < 1:
@@ -163,6 +172,7 @@ class DataModule(L.LightningDataModule):
         if num_workers < 0:
             raise ConfigError(f"num_workers must be 0 (load in the main process) or more; got {num_workers}.")
         self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
         self.label_fraction = label_fraction
         self.unlabelled = unlabelled
         self.batch_size = batch_size

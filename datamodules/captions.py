@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from datamodules.base import BatchScope, Splits, split_index
 from models.contract import IGNORE_INDEX, Batch
-from datamodules.digits import check_split, digits_splits
+from datamodules.digits import digits_splits
 from datamodules.folder import IMAGENET_MEAN, IMAGENET_STD, CheckedFiles, LoadImage
 from datamodules.images import ImageDataModule
 from models.run_state import SeedKey, derived_seed, run_seed
@@ -152,12 +152,14 @@ class CaptionsDataModule(ImageDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(augment, val_fraction, 1.0, "drop", batch_size, batch_scope, num_workers, seed)
-        check_split(val_fraction, test_fraction)
+        super().__init__(
+            augment=augment, val_fraction=val_fraction, test_fraction=test_fraction, batch_size=batch_size,
+            batch_scope=batch_scope, num_workers=num_workers, seed=seed,
+        )
         check_positive(type(self).__name__, max_len=max_len)
         if prompts is not None and prompts_file is not None:
             raise ConfigError("Give the zero-shot prompt templates as data.prompts or data.prompts_file, not both.")
-        self.max_len, self.test_fraction = max_len, test_fraction
+        self.max_len = max_len
         self.prompts_file = prompts_file
         self._classes, self._prompts = classes, prompts
 
@@ -232,8 +234,11 @@ class CaptionedDigitsDataModule(CaptionsDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(augment, max_len, list(WORDS), prompts, prompts_file, val_fraction, test_fraction,
-                         batch_size, batch_scope, num_workers, seed)
+        super().__init__(
+            augment=augment, max_len=max_len, classes=list(WORDS), prompts=prompts, prompts_file=prompts_file,
+            val_fraction=val_fraction, test_fraction=test_fraction, batch_size=batch_size, batch_scope=batch_scope,
+            num_workers=num_workers, seed=seed,
+        )
         self.save_hyperparameters(ignore=["augment"])
         self.record_augment()
 
@@ -320,8 +325,11 @@ class CaptionedFolderDataModule(CaptionsDataModule):
         num_workers: int = 2,
         seed: int = 0,
     ) -> None:
-        super().__init__(augment, max_len, classes, prompts, prompts_file, val_fraction, test_fraction,
-                         batch_size, batch_scope, num_workers, seed)
+        super().__init__(
+            augment=augment, max_len=max_len, classes=classes, prompts=prompts, prompts_file=prompts_file,
+            val_fraction=val_fraction, test_fraction=test_fraction, batch_size=batch_size, batch_scope=batch_scope,
+            num_workers=num_workers, seed=seed,
+        )
         self.save_hyperparameters(ignore=["augment"])
         self.record_augment()
         check_positive("CaptionedFolderDataModule", image_size=image_size)

@@ -13,7 +13,6 @@ from sklearn.model_selection import train_test_split
 from datamodules.base import BatchScope, Splits, TensorSamples, Unlabelled
 from datamodules.images import ImageDataModule, rows_as_sequence
 from datamodules.transforms import Augmentation
-from models.errors import ConfigError
 
 
 class DigitsDataModule(ImageDataModule):
@@ -40,11 +39,12 @@ class DigitsDataModule(ImageDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(augment, val_fraction, label_fraction, unlabelled, batch_size, batch_scope, num_workers, seed)
-        check_split(val_fraction, test_fraction)
+        super().__init__(
+            augment=augment, test_fraction=test_fraction, val_fraction=val_fraction, label_fraction=label_fraction, unlabelled=unlabelled, batch_size=batch_size,
+            batch_scope=batch_scope, num_workers=num_workers, seed=seed,
+        )
         self.save_hyperparameters(ignore=["augment"])
         self.record_augment()
-        self.test_fraction = test_fraction
         self.normalize = normalize
         self.sequence = view == "sequence"
         self.reshape = rows_as_sequence if self.sequence else None
@@ -61,21 +61,11 @@ class DigitsDataModule(ImageDataModule):
         return Splits(train=split["train"], val=split["val"], test=split["test"], labels=labels[train])
 
 
-def check_split(val_fraction: float, test_fraction: float) -> None:
-    if not 0.0 < test_fraction < 1.0:
-        raise ConfigError(f"test_fraction must be between 0 and 1 (exclusive); got {test_fraction}.")
-    if val_fraction + test_fraction >= 1.0:
-        raise ConfigError(
-            f"val_fraction + test_fraction must leave data to train on; got {val_fraction} + {test_fraction}."
-        )
-
-
 def digits_splits(
     val_fraction: float, test_fraction: float, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """All 1,797 images (N, 1, 8, 8) in [0, 1], their labels (N,), and the seeded, stratified
     (train, val, test) positions: the one split every digits DataModule uses."""
-    check_split(val_fraction, test_fraction)
     digits = load_digits()
     images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
     labels = torch.as_tensor(digits.target, dtype=torch.long)

@@ -96,7 +96,10 @@ class FolderDataModule(ImageDataModule):
         num_workers: int = 2,
         seed: int = 0,
     ) -> None:
-        super().__init__(augment, val_fraction, label_fraction, unlabelled, batch_size, batch_scope, num_workers, seed)
+        super().__init__(
+            augment=augment, test_fraction=test_fraction, val_fraction=val_fraction, label_fraction=label_fraction, unlabelled=unlabelled, batch_size=batch_size,
+            batch_scope=batch_scope, num_workers=num_workers, seed=seed,
+        )
         self.save_hyperparameters(ignore=["augment"])
         self.record_augment()
         if not os.path.isdir(root):
@@ -114,7 +117,6 @@ class FolderDataModule(ImageDataModule):
         self.channels = channels
         default_mean, default_std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.5,))
         self.mean, self.std = tuple(mean or default_mean), tuple(std or default_std)
-        self.test_fraction = test_fraction
 
     @property
     def input_shape(self) -> tuple[int, ...]:

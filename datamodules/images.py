@@ -80,6 +80,7 @@ class ImageDataModule(DataModule):
         self,
         augment: Augmentation | None = None,
         val_fraction: float = 0.1,
+        test_fraction: float | None = None,
         label_fraction: float = 1.0,
         unlabelled: Unlabelled = "drop",
         batch_size: int = 64,
@@ -87,7 +88,10 @@ class ImageDataModule(DataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(val_fraction, label_fraction, unlabelled, batch_size, batch_scope, num_workers, seed)
+        super().__init__(
+            test_fraction=test_fraction, val_fraction=val_fraction, label_fraction=label_fraction, unlabelled=unlabelled, batch_size=batch_size,
+            batch_scope=batch_scope, num_workers=num_workers, seed=seed,
+        )
         self.augment = augment
         self._generator: torch.Generator | None = None
 

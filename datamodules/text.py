@@ -147,20 +147,19 @@ class TextDataModule(DataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(val_fraction, 1.0, "drop", batch_size, batch_scope, num_workers, seed)
+        super().__init__(
+            val_fraction=val_fraction, test_fraction=test_fraction, batch_size=batch_size, batch_scope=batch_scope,
+            num_workers=num_workers, seed=seed,
+        )
         check_positive("TextDataModule", block_size=block_size)
-        check_fraction("TextDataModule", test_fraction=test_fraction, mask_fraction=mask_fraction)
+        check_fraction("TextDataModule", mask_fraction=mask_fraction)
         if objective not in ("causal", "masked"):
             raise ConfigError(f"objective must be 'causal' or 'masked'; got {objective!r}.")
         if split_by not in ("document", "position"):
             raise ConfigError(f"split_by must be 'document' or 'position'; got {split_by!r}.")
-        if val_fraction + test_fraction >= 1.0:
-            raise ConfigError(
-                f"val_fraction + test_fraction must leave text to train on; got {val_fraction} + {test_fraction}."
-            )
         self.save_hyperparameters()
         self.source, self.objective, self.block_size, self.split_by = source, objective, block_size, split_by
-        self.test_fraction, self.mask_fraction = test_fraction, mask_fraction
+        self.mask_fraction = mask_fraction
         self.prompts_file = prompts_file
         default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "litlab" / "text"
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default

@@ -85,12 +85,13 @@ class TextClassificationDataModule(DataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(val_fraction, label_fraction, unlabelled, batch_size, batch_scope, num_workers, seed)
+        super().__init__(
+            test_fraction=test_fraction, val_fraction=val_fraction, label_fraction=label_fraction, unlabelled=unlabelled, batch_size=batch_size,
+            batch_scope=batch_scope, num_workers=num_workers, seed=seed,
+        )
         check_positive("TextClassificationDataModule", max_len=max_len)
-        if not 0.0 < test_fraction < 1.0 or val_fraction + test_fraction >= 1.0:
-            raise ConfigError(f"test_fraction must be in (0, 1) and leave data to train on; got {test_fraction}.")
         self.save_hyperparameters()
-        self.source, self.max_len, self.test_fraction = source, max_len, test_fraction
+        self.source, self.max_len = source, max_len
         self.hparams["classes"] = self.classes  # the label names, in index order, saved with the run
 
     @cached_property

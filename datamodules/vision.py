@@ -88,7 +88,10 @@ class VisionDataModule(ImageDataModule):
         num_workers: int = 2,
         seed: int = 0,
     ) -> None:
-        super().__init__(augment, val_fraction, label_fraction, unlabelled, batch_size, batch_scope, num_workers, seed)
+        super().__init__(
+            augment=augment, val_fraction=val_fraction, label_fraction=label_fraction, unlabelled=unlabelled, batch_size=batch_size,
+            batch_scope=batch_scope, num_workers=num_workers, seed=seed,
+        )
         self.save_hyperparameters(ignore=["augment"])
         self.record_augment()
         self.dataset = dataset
