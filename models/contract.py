@@ -6,6 +6,8 @@ needs to build itself:
 - `num_classes`: the number of classes where there are labels (None where there are none);
 - `vocab_size`: the vocabulary size where the inputs are token ids (None otherwise);
 - `example_input`: a small batch of model input, on the CPU, from which lazy layers are sized;
+- `objective`, where it serves token windows to a language model: `causal` (the next token, the
+  default for data that does not say) or `masked` (corrupted tokens back);
 - which samples are labelled: a `target` of `IGNORE_INDEX` marks an unlabelled sample.
 
 `datamodules.DataModule` implements it; any LightningDataModule that has these attributes
@@ -90,6 +92,14 @@ def vocab_of(datamodule: object) -> int | None:
     """The CLI's link from the data to a token backbone's `vocab_size`."""
     check(datamodule)
     return datamodule.vocab_size
+
+
+def objective_of(datamodule: object) -> Objective:
+    """The CLI's link from the data to a language model's `objective`: what its windows are made for."""
+    objective = getattr(datamodule, "objective", "causal")
+    if objective not in ("causal", "masked"):
+        raise ConfigError(f"{type(datamodule).__name__}.objective must be 'causal' or 'masked'; got {objective!r}.")
+    return objective
 
 
 def request_reference_set(datamodule: object, task: str) -> None:

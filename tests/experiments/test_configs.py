@@ -38,6 +38,8 @@ def test_experiment_holds_only_what_differs_from_the_defaults(path):
 
     assert not repeated(experiment, defaults), f"{path} repeats defaults.yaml"
     assert "num_classes" not in path.read_text(), "the number of classes is linked from the data, never typed"
+    model = (experiment.get("model") or {}).get("init_args") or {}
+    assert "objective" not in model, "a language model's objective is linked from the data, never typed twice"
 
 
 def local_inputs(path, tmp_path, datasets_on_disk) -> list[str]:
@@ -120,6 +122,8 @@ def test_experiment_instantiates_and_trains_one_step(path, tmp_path, datasets_on
     cli = LitlabCLI(args=[*args, "--trainer.fast_dev_run=1", "--trainer.enable_progress_bar=false"])
     assert cli.trainer.state.finished
     assert cli.trainer.global_step == 1
+    if hasattr(cli.model, "objective"):  # a language model learns what its data serves
+        assert cli.model.objective == cli.datamodule.objective
 
 
 FSDP_YAML = ROOT / "text" / "gpt_fsdp.yaml"
