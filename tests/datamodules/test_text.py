@@ -2,7 +2,6 @@
 the source changes, splits never share a window, evaluation scores every token once, masking
 follows BERT's recipe, and a file that is not UTF-8 is named."""
 
-import os
 import time
 from pathlib import Path
 

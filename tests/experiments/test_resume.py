@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from experiments.cli import DEFAULTS
-from models.checkpoints import resolve_checkpoint
 
 DIGITS = DEFAULTS.parent / "digits"
 

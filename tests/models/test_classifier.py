@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from datamodules import DigitsDataModule
 from models import Classifier
-from models.backbones import CNN, MLP
+from models.backbones import MLP
 
 
 def classifier(**kwargs) -> Classifier:
