@@ -327,3 +327,20 @@ def test_each_once_gives_every_sample_to_exactly_one_process(n, world):
     assert sorted(sum(shards, [])) == list(range(n))  # each sample once, none repeated as padding
     assert [len(EachOnce(list(range(n)), num_replicas=world, rank=r)) for r in range(world)] == list(map(len, shards))
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+@pytest.mark.parametrize("name", ["DigitsDataModule", "FolderDataModule", "TextDataModule",
+                                  "TextClassificationDataModule", "CaptionedDigitsDataModule", "CaptionedFolderDataModule"])
+@pytest.mark.parametrize("fractions, message", [
+    ({"test_fraction": 1.0}, "test_fraction must be between 0 and 1 (exclusive); got 1.0."),
+    ({"val_fraction": 0.5, "test_fraction": 0.5}, "val_fraction + test_fraction must leave data to train on"),
+])
+def test_every_datamodule_that_holds_out_its_own_test_split_checks_it_in_the_same_words(
+        name, fractions, message, datasets_on_disk, tmp_path):
+    import datamodules
+
+    datasets_on_disk.image_folder(tmp_path, classes=2, per_class=2)
+    folder = {"root": str(tmp_path)} if "Folder" in name else {}
+    with pytest.raises(ConfigError) as refused:
+        getattr(datamodules, name)(**folder, **fractions)
+    assert str(refused.value).startswith(message)
