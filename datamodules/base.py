@@ -8,6 +8,7 @@ has none, keeps `label_fraction` of the training labels (seeded, stratified wher
 are labels), and either drops the rest or keeps them with their target hidden.
 """
 
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -28,16 +29,26 @@ BatchScope = Literal["device", "global"]
 
 
 def split_index(
-    n: int, fraction: float, seed: int, labels: torch.Tensor | None = None
+    n: int, fraction: float, seed: int, labels: torch.Tensor | None = None, held_out: tuple[str, str] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded split of positions 0..n-1 into (`fraction` of them, the rest), both sorted.
 
     With `labels` the split is stratified and keeps at least one sample of every class, where
-    there are enough samples for both sides to hold every class.
+    there are enough samples for both sides to hold every class. `held_out` names the split the
+    rest becomes and the setting that sizes it (("validation", "data.val_fraction")): with labels,
+    a rest too small to hold one sample of each class is then refused in one line.
     """
     index = torch.arange(n)
     if fraction >= 1.0:
         return index, index[:0]
+    if held_out is not None and labels is not None:
+        rest, classes = n - max(round(fraction * n), int(labels.max()) + 1), len(labels.unique())
+        if rest < classes:
+            name, setting = held_out
+            raise ConfigError(
+                f"The {name} split would hold {rest} of {n} samples, fewer than the {classes} classes, so not one of "
+                f"each; raise {setting}, or give more data."
+            )
     if labels is None:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         keep = max(round(fraction * n), 1)
@@ -76,6 +87,13 @@ class TensorSamples(Dataset):
 
     def subset(self, index: torch.Tensor) -> "TensorSamples":
         return TensorSamples(**{name: t[index] for name, t in self.fields.items()})
+
+
+def leave_stopping_to_the_trainer(worker_id: int) -> None:
+    """A loader worker ignores SIGTERM and SIGINT: sent to the whole job, they would end the workers
+    before the trainer could finish its step and save; the trainer stops, and its workers with it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def whole_batch(batch: Batch) -> Batch:
@@ -200,14 +218,17 @@ class DataModule(L.LightningDataModule):
     # ---- splits ----
 
     def setup(self, stage: str | None = None) -> None:
+        if not hasattr(self, "train_dataset"):
+            self._split()
         if stage == "fit":
             self._report_batch_size()
-        if hasattr(self, "train_dataset"):
-            return
+
+    def _split(self) -> None:
         splits = self.load()
         train, labels, val = splits.train, splits.labels, splits.val
         if val is None:
-            index, val_index = split_index(len(train), 1.0 - self.val_fraction, self.seed, labels)
+            index, val_index = split_index(len(train), 1.0 - self.val_fraction, self.seed, labels,
+                                           held_out=("validation", "data.val_fraction"))
             train, val = subset(train, index), subset(train, val_index)
             labels = None if labels is None else labels[index]
         if labels is None and self.label_fraction < 1.0:
@@ -215,6 +236,12 @@ class DataModule(L.LightningDataModule):
                 f"label_fraction applies to labelled data; {type(self).__name__} has no labels, so leave it at 1."
             )
         labelled, unlabelled = split_index(len(train), self.label_fraction, self.seed, labels)
+        if self.label_fraction < 1.0:
+            counts = labels[labelled].unique(return_counts=True)[1]
+            rank_zero_info(
+                f"label_fraction {self.label_fraction} keeps {len(labelled)} of {len(train)} training labels "
+                f"({int(counts.min())} to {int(counts.max())} per class; at least one of each class)."
+            )
         self.labelled_dataset = subset(train, labelled)  # raw labelled samples, e.g. for a reference set
         # The samples whose labels label_fraction set aside, for semi-supervised recipes.
         aside = subset(train, unlabelled)
@@ -247,10 +274,14 @@ class DataModule(L.LightningDataModule):
     def _report_batch_size(self) -> None:
         # Contrastive negatives and the right learning rate depend on the global batch, not the per-device one.
         accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
-        total = self.device_batch_size * self.world_size * accumulate
+        share = -(-len(self.train_dataset) // self.world_size)  # the training samples each process sees
+        device = min(self.device_batch_size, share)
+        total = device * self.world_size * accumulate
+        capped = (f" (batch_size {self.device_batch_size} is more than the {share} training samples of each process, "
+                  "so every epoch is one batch of them)" if device < self.device_batch_size else "")
         rank_zero_info(
-            f"Global batch size {total} = {self.device_batch_size} per device x {self.world_size} "
-            f"process(es) x {accumulate} accumulated batch(es)."
+            f"Global batch size {total} = {device} per device x {self.world_size} "
+            f"process(es) x {accumulate} accumulated batch(es){capped}."
         )
         if self.trainer is not None:
             for logger in self.trainer.loggers:
@@ -278,6 +309,7 @@ class DataModule(L.LightningDataModule):
             # Worker seeds come from the loader's own generator: loading never draws from the
             # global one, which dropout and the task's other draws then have to themselves.
             generator=torch.Generator().manual_seed(self.seed),
+            worker_init_fn=leave_stopping_to_the_trainer if self.num_workers else None,
             **kwargs,
         )
 

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 from datamodules.base import BatchScope, Splits, split_index
 from models.contract import IGNORE_INDEX, Batch
 from datamodules.digits import digits_splits
+from datamodules.files import inside
 from datamodules.folder import IMAGENET_MEAN, IMAGENET_STD, CheckedFiles, LoadImage
 from datamodules.images import ImageDataModule
 from models.run_state import SeedKey, derived_seed, run_seed
@@ -370,11 +371,16 @@ class CaptionedFolderDataModule(CaptionsDataModule):
         labels: dict[str, str | None] = {}
         for number, file, caption, label in self.rows:
             image = self.root / file
+            if not inside(image, self.root):  # `../x.png`, an absolute path, or a link out of the folder
+                raise ConfigError(
+                    f"{path} line {number} names {file}, which lies outside {self.root}; captions may name only "
+                    "images inside data.root."
+                )
             if not image.is_file():
                 raise FileNotFoundError(
                     f"{path} line {number} names {file}, which is not in {self.root}; fix the name or remove the line."
                 )
-            key = str(image)
+            key = os.path.realpath(image)  # one image, however many names reach it
             if key in labels and labels[key] != label:
                 raise ConfigError(f"{path} line {number} gives {file} the label {label!r}, another line {labels[key]!r}.")
             captions.setdefault(key, []).append(caption)
@@ -389,10 +395,11 @@ class CaptionedFolderDataModule(CaptionsDataModule):
         target = torch.tensor([IGNORE_INDEX if labels[f] is None else index[labels[f]] for f in files])
         labelled = bool((target != IGNORE_INDEX).all())
         stratify = target if labelled else None
-        rest, test = split_index(len(files), 1.0 - self.test_fraction, self.seed, stratify)
+        rest, test = split_index(len(files), 1.0 - self.test_fraction, self.seed, stratify,
+                                 held_out=("test", "data.test_fraction"))
         train, val = split_index(
             len(rest), 1.0 - self.val_fraction / (1.0 - self.test_fraction), self.seed,
-            None if stratify is None else stratify[rest],
+            None if stratify is None else stratify[rest], held_out=("validation", "data.val_fraction"),
         )
         load = LoadImage(self.image_size, self.channels)
 

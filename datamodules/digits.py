@@ -4,6 +4,7 @@ It ships inside scikit-learn, so every recipe runs offline. The whole set is a f
 hundred kilobytes, so it is held as one tensor and never needs a worker process.
 """
 
+import math
 from typing import Literal
 
 import torch
@@ -13,6 +14,7 @@ from sklearn.model_selection import train_test_split
 from datamodules.base import BatchScope, Splits, TensorSamples, Unlabelled
 from datamodules.images import ImageDataModule, rows_as_sequence
 from datamodules.transforms import Augmentation
+from models.errors import ConfigError
 
 
 class DigitsDataModule(ImageDataModule):
@@ -69,6 +71,14 @@ def digits_splits(
     digits = load_digits()
     images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
     labels = torch.as_tensor(digits.target, dtype=torch.long)
+    n, classes = len(labels), 10
+    for name, setting, size in (("test", "data.test_fraction", math.ceil(test_fraction * n)),
+                                ("validation", "data.val_fraction", math.ceil(val_fraction * n))):
+        if size < classes:  # the split is stratified: one of each class at least
+            raise ConfigError(
+                f"The {name} split would hold {size} of {n} samples, fewer than the {classes} classes, so not one of "
+                f"each; raise {setting} (to at least {classes / n:.3g})."
+            )
     index = torch.arange(len(labels)).numpy()
     rest, test = train_test_split(index, test_size=test_fraction, stratify=labels, random_state=seed)
     train, val = train_test_split(

@@ -4,7 +4,9 @@
     root/<class>/*.png                                                       (split here)
 
 Files that are not images, and images that cannot be read, are skipped and reported by
-name; they never stop a run.
+name; they never stop a run. Links are followed only to a file inside the split's own folder
+that is not already there under its own name (`datamodules/files.py`), so a link can neither
+loop, nor count an image twice, nor carry one across the train / test split.
 """
 
 import os
@@ -20,6 +22,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
 from datamodules.base import BatchScope, Splits, Unlabelled, split_index, subset
+from datamodules.files import files_under, subfolders, warn_skipped
 from models.contract import Batch
 from datamodules.images import ImageDataModule
 from datamodules.transforms import Augmentation
@@ -73,7 +76,26 @@ class Samples(torch.utils.data.Dataset):
 
 
 def class_names(folder: str) -> list[str]:
-    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+    return subfolders(folder, skipped=[])  # the links left out are named when the images are read
+
+
+class LinkSafeImageFolder(ImageFolder):
+    """torchvision's ImageFolder, its class folders and files found through `datamodules.files`
+    (torchvision's own walk follows every link, loops included)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.skipped_links: list[str] = []
+        super().__init__(*args, **kwargs)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes = subfolders(directory, self.skipped_links)
+        return classes, {name: i for i, name in enumerate(classes)}
+
+    def make_dataset(self, directory: str, class_to_idx: dict[str, int], extensions=None, is_valid_file=None,
+                     allow_empty: bool = False) -> list[tuple[str, int]]:
+        return [(path, index) for name, index in sorted(class_to_idx.items(), key=lambda item: item[1])
+                for path in files_under(os.path.join(directory, name), self.skipped_links)
+                if is_valid_file is None or is_valid_file(path)]
 
 
 class FolderDataModule(ImageDataModule):
@@ -123,7 +145,9 @@ class FolderDataModule(ImageDataModule):
         return (self.channels, self.image_size, self.image_size)
 
     def _folder(self, path: str, checked: CheckedFiles) -> ImageFolder:
-        dataset = ImageFolder(path, loader=LoadImage(self.image_size, self.channels), is_valid_file=checked, allow_empty=True)
+        dataset = LinkSafeImageFolder(path, loader=LoadImage(self.image_size, self.channels), is_valid_file=checked,
+                                      allow_empty=True)
+        warn_skipped(dataset.skipped_links, path)
         if dataset.classes != self.classes:
             raise FileNotFoundError(
                 f"{path} has classes {dataset.classes} but {self.root} has {self.classes}; every split needs the same class folders."
@@ -146,7 +170,8 @@ class FolderDataModule(ImageDataModule):
         else:
             everything = self._folder(self.root, checked)
             labels = torch.as_tensor(everything.targets)
-            keep, held_out = split_index(len(labels), 1.0 - self.test_fraction, self.seed, labels)
+            keep, held_out = split_index(len(labels), 1.0 - self.test_fraction, self.seed, labels,
+                                         held_out=("test", "data.test_fraction"))
             train, labels, val = subset(Samples(everything), keep), labels[keep], None
             test = subset(Samples(everything), held_out)
         if checked.skipped:

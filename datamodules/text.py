@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import BatchScope, DataModule, Splits
+from datamodules.files import files_under
 from models.contract import IGNORE_INDEX, Batch
 from models.run_state import SeedKey, derived_seed, run_seed
 from models.contract import Objective
@@ -49,12 +50,20 @@ def read_utf8(path: Path) -> str:
 
 
 def text_files(source: str) -> list[Path]:
-    """The .txt files a source names: one file, a folder (searched recursively) or a glob."""
+    """The .txt files a source names: one file, a folder (searched recursively, links followed
+    only to files inside it: `datamodules/files.py`) or a glob; each real file once."""
     path = Path(source).expanduser()
     if path.is_file():
         return [path]
-    files = sorted(path.rglob("*.txt")) if path.is_dir() else sorted(Path(p) for p in glob.glob(source, recursive=True))
-    files = [f for f in files if f.is_file()]
+    if path.is_dir():
+        files = [Path(f) for f in files_under(path) if f.endswith(".txt")]
+    else:
+        found = sorted(Path(p) for p in glob.glob(source, recursive=True))
+        real = {}
+        for f in found:
+            if f.is_file():
+                real.setdefault(os.path.realpath(f), f)  # a file reached twice (through a link) is read once
+        files = sorted(real.values())
     if not files:
         raise ConfigError(f"No .txt files at {source}; give a text file, a folder of .txt files or a glob.")
     return files

@@ -127,7 +127,9 @@ class TextClassificationDataModule(DataModule):
         tokens, padding = tokenize([body for body, _ in self.records], self.max_len)  # (N, T) each
         labels = torch.tensor([index[label] for _, label in self.records])
         data = TensorSamples(input=tokens, target=labels, padding_mask=padding)
-        rest, test = split_index(len(labels), 1.0 - self.test_fraction, self.seed, labels)
-        train, val = split_index(len(rest), 1.0 - self.val_fraction / (1.0 - self.test_fraction), self.seed, labels[rest])
+        rest, test = split_index(len(labels), 1.0 - self.test_fraction, self.seed, labels,
+                                 held_out=("test", "data.test_fraction"))
+        train, val = split_index(len(rest), 1.0 - self.val_fraction / (1.0 - self.test_fraction), self.seed, labels[rest],
+                                 held_out=("validation", "data.val_fraction"))
         return Splits(train=subset(data, rest[train]), val=subset(data, rest[val]), test=subset(data, test),
                       labels=labels[rest[train]])

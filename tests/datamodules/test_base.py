@@ -344,3 +344,22 @@ def test_every_datamodule_that_holds_out_its_own_test_split_checks_it_in_the_sam
     with pytest.raises(ConfigError) as refused:
         getattr(datamodules, name)(**folder, **fractions)
     assert str(refused.value).startswith(message)
+
+
+def test_a_batch_larger_than_the_training_split_is_reported_as_the_batch_it_really_is(caplog):
+    dm = Features(batch_size=100000)
+    dm.trainer = stub_trainer(world_size=2)
+    with caplog.at_level(logging.INFO):
+        dm.setup("fit")
+    share = -(-len(dm.train_dataset) // 2)  # 108 training samples, 54 a process
+    assert f"Global batch size {2 * share} = {share} per device x 2 process(es)" in caplog.text
+    assert f"batch_size 100000 is more than the {share} training samples of each process" in caplog.text
+    assert dm.trainer.loggers[0].logged == {"global_batch_size": 2 * share}
+    assert [len(batch["input"]) for batch in dm.train_dataloader()] == [share]
+
+
+def test_a_label_fraction_says_how_many_labels_it_kept_per_class(caplog):
+    dm = Features(label_fraction=0.01)  # 1% of 108 rounds to 1 label, raised to one of each of 3 classes
+    with caplog.at_level(logging.INFO):
+        dm.setup("fit")
+    assert "label_fraction 0.01 keeps 3 of 108 training labels (1 to 1 per class; at least one of each class)" in caplog.text

@@ -140,7 +140,7 @@ def test_unreadable_images_are_listed_and_skipped(datasets_on_disk, tmp_path):
     (tmp_path / "class_1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with (tmp_path / "captions.csv").open("a") as f:
         f.write("class_1/broken.png,a broken square,class_1\n")
-    dm = CaptionedFolderDataModule(str(tmp_path), image_size=8, num_workers=0)
+    dm = CaptionedFolderDataModule(str(tmp_path), image_size=8, num_workers=0, val_fraction=0.2)
     with pytest.warns(UserWarning, match=r"broken\.png \(unreadable"):
         dm.setup("fit")
     assert len(dm.train_dataset) + len(dm.val_dataset) + len(dm.test_dataset) == 12
@@ -158,3 +158,30 @@ def test_without_labels_zero_shot_needs_class_names(datasets_on_disk, tmp_path):
         dm.zeroshot_prompts()
     named = CaptionedFolderDataModule(str(tmp_path), classes=["class_0", "class_1"])
     assert named.zeroshot_prompts()[1][0] == "a photo of a class_1."
+
+
+@pytest.mark.parametrize("name", ["../outside.png", "{outside}", "class_0/out.png"],
+                         ids=["parent", "absolute", "link-out"])
+def test_a_caption_naming_an_image_outside_the_folder_is_refused_with_its_line(datasets_on_disk, tmp_path, name):
+    root = datasets_on_disk.captioned_folder(tmp_path / "images", classes=2, per_class=4)
+    datasets_on_disk.image_folder(tmp_path / "elsewhere", classes=1, per_class=1)
+    (outside,) = (tmp_path / "elsewhere").rglob("*.png")
+    (tmp_path / "outside.png").write_bytes(outside.read_bytes())
+    (root / "class_0" / "out.png").symlink_to(outside)
+    with (root / "captions.csv").open("a") as f:
+        f.write(f"{name.format(outside=outside)},a square from elsewhere,class_0\n")
+    dm = CaptionedFolderDataModule(str(root), image_size=8, num_workers=0)
+    with pytest.raises(ConfigError, match=r"captions\.csv line 18 names .*, which lies outside .*images; captions may "
+                                          r"name only images inside data.root"):
+        dm.setup("fit")
+
+
+def test_one_image_under_two_names_is_one_image(datasets_on_disk, tmp_path):
+    root = datasets_on_disk.captioned_folder(tmp_path, classes=2, per_class=10)
+    first = sorted((root / "class_0").glob("*.png"))[0]
+    (root / "class_0" / "alias.png").symlink_to(first.name)
+    with (root / "captions.csv").open("a") as f:
+        f.write("class_0/alias.png,the same square again,class_0\n")
+    dm = CaptionedFolderDataModule(str(root), image_size=8, num_workers=0)
+    dm.setup("fit")
+    assert len(dm.train_dataset) + len(dm.val_dataset) + len(dm.test_dataset) == 20

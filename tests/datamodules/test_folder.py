@@ -73,3 +73,36 @@ def test_folder_mistakes_are_named(datasets_on_disk, tmp_path):
     shutil.rmtree(tmp_path / "train" / "class_1")
     with pytest.raises(FileNotFoundError, match="class folder"):
         FolderDataModule(root=str(tmp_path))
+
+
+def test_links_never_loop_count_an_image_twice_or_reach_out_of_the_folder(datasets_on_disk, tmp_path):
+    import os
+
+    root = datasets_on_disk.image_folder(tmp_path / "images", classes=2, per_class=8)
+    outside = datasets_on_disk.image_folder(tmp_path / "elsewhere", classes=2, per_class=3)
+    (root / "class_1" / "loop").symlink_to("..")  # b/loop -> .. : torchvision's walk follows it 40 levels deep
+    (root / "class_0" / "again.png").symlink_to(sorted((root / "class_0").glob("*.png"))[0])  # one image, two names
+    (root / "class_0" / "out.png").symlink_to(sorted((outside / "class_0").glob("*.png"))[0])
+    (root / "class_2").symlink_to(outside / "class_1", target_is_directory=True)  # a class folder elsewhere
+    with pytest.warns(UserWarning) as warned:
+        dm = loaded(root, val_fraction=0.25, test_fraction=0.25)
+    assert dm.classes == ["class_0", "class_1"]
+    assert len(dm.train_dataset) + len(dm.val_dataset) + len(dm.test_dataset) == 16  # each image once
+    from datamodules.folder import LinkSafeImageFolder
+
+    samples = LinkSafeImageFolder(str(root), loader=str, allow_empty=True).samples
+    assert len({os.path.realpath(path) for path, _ in samples}) == len(samples) == 16
+    assert all(os.path.realpath(path).startswith(str(root / f"class_{label}")) for path, label in samples)
+    text = " ".join(str(w.message) for w in warned)
+    for name in ("loop (a link to a folder", "again.png (a link to a file already counted)", "out.png (a link out of",
+                 "class_2 (a link to a folder"):
+        assert name in text, text
+
+
+def test_a_split_too_small_for_one_image_of_each_class_is_one_line(datasets_on_disk, tmp_path):
+    from models.errors import ConfigError
+
+    datasets_on_disk.image_folder(tmp_path, classes=3, per_class=2)
+    with pytest.raises(ConfigError, match=r"The test split would hold 1 of 6 samples, fewer than the 3 classes.*"
+                                          r"raise data.test_fraction, or give more data"):
+        loaded(tmp_path, test_fraction=0.2, val_fraction=0.2)

@@ -65,7 +65,7 @@ def test_a_local_weights_file_fills_every_backbone_weight_and_fine_tunes(publish
     files = published[kind]
     backbone = build(kind, files[fmt])
     assert_loaded(backbone, files["state"])
-    datasets_on_disk.image_folder(tmp_path / "images", classes=3, per_class=6)
+    datasets_on_disk.image_folder(tmp_path / "images", classes=3, per_class=12)
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     tuned = fine_tune_one_step(backbone, tmp_path / "images")
     assert any(not torch.equal(before[k], v) for k, v in tuned.backbone.state_dict().items())  # it trained
@@ -89,7 +89,7 @@ def test_unknown_names_and_a_missing_timm_get_clear_errors(monkeypatch):
 
 
 def test_weights_that_expect_other_statistics_than_the_data_get_a_warning(datasets_on_disk, tmp_path):
-    datasets_on_disk.image_folder(tmp_path / "images", classes=3, per_class=6)
+    datasets_on_disk.image_folder(tmp_path / "images", classes=3, per_class=12)
     backbone = Timm(name="test_resnet")  # its weights expect mean and std 0.5; the folder's are ImageNet's
     with pytest.warns(UserWarning, match=r"expect inputs normalised with mean \(0\.5, 0\.5, 0\.5\).*mean \(0\.485"):
         fine_tune_one_step(backbone, tmp_path / "images")
@@ -115,7 +115,7 @@ def test_named_weights_with_a_local_copy_load_the_copy_and_report_their_preproce
 
 @pytest.mark.parametrize("mode", ["linear", "gradual"])
 def test_fine_tuning_modes_freeze_and_release_a_zoo_backbone(published, mode, datasets_on_disk, tmp_path):
-    datasets_on_disk.image_folder(tmp_path / "images", classes=3, per_class=6)
+    datasets_on_disk.image_folder(tmp_path / "images", classes=3, per_class=12)
     backbone = Torchvision(name="resnet18", weights_file=published["resnet18"]["pth"])
     # Two epochs of two steps: gradual mode trains the head alone in the first, then the backbone joins.
     tuned = fine_tune_one_step(backbone, tmp_path / "images", mode=mode, steps=4)
