@@ -37,17 +37,23 @@ def run_folder(path: str) -> Path:
 def read_metrics(path: Path) -> list[dict[str, float]]:
     """The rows of metrics.csv as numbers; empty cells and a last row cut short by a kill are left out."""
     rows = []
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            values = {}
-            for key, text in row.items():
-                if key is None or not text:
-                    continue
-                try:
-                    values[key] = float(text)
-                except ValueError:
-                    continue  # a value cut short by a kill in the middle of a write
-            rows.append(values)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                values = {}
+                for key, text in row.items():
+                    if key is None or not text:
+                        continue
+                    try:
+                        values[key] = float(text)
+                    except (TypeError, ValueError):
+                        continue  # a value cut short by a kill in the middle of a write
+                rows.append(values)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(
+            f"{path} is damaged ({type(err).__name__}: {str(err)[:80]}), not a metrics.csv a run wrote; "
+            "report a run whose metrics.csv is intact, or move the damaged file away."
+        ) from None
     return rows
 
 

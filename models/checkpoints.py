@@ -35,33 +35,47 @@ _FORMATS = "a .ckpt, .pt/.pth/.bin or .safetensors file"
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """`path` itself, or for a folder (a run directory, say) the newest last.ckpt anywhere inside it."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"Checkpoint {path} does not exist; check the path, or point it at {_FORMATS}.")
     if path.is_dir():
-        found = sorted(path.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+        found = sorted(path.rglob("last.ckpt"), key=lambda p: p.lstat().st_mtime)
         if not found:
             raise ConfigError(
                 f"Checkpoint folder {path} holds no last.ckpt; point it at {_FORMATS}, or consolidate a sharded "
                 f"checkpoint into one first with `python -m lightning.pytorch.utilities.consolidate_checkpoint {path}`."
             )
         path = found[-1]
+    if path.is_symlink() and not path.exists():
+        intact = newest_intact(path.parent)
+        instead = (f"the newest intact checkpoint beside it is {intact}: give that as --ckpt_path" if intact
+                   else "no intact checkpoint lies beside it, so the run must start again")
+        raise ConfigError(f"Checkpoint {path} is a broken link (to {os.readlink(path)}, which is gone); {instead}.")
+    if not path.exists():
+        raise FileNotFoundError(f"Checkpoint {path} does not exist; check the path, or point it at {_FORMATS}.")
     return path
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors from a Lightning .ckpt (its 'state_dict'), a plain PyTorch file (.pt/.pth/.bin: a bare state dict,
-    or a dict holding one under 'state_dict', 'model', 'model_state_dict' or 'module'), or a .safetensors file.
+def newest_intact(folder: Path) -> Path | None:
+    """The newest .ckpt file in `folder` (links aside) that reads as a checkpoint, if any."""
+    files = sorted((p for p in folder.glob("*.ckpt") if not p.is_symlink()), key=lambda p: p.stat().st_mtime)
+    for candidate in reversed(files):
+        try:
+            read_checkpoint(candidate)
+        except ConfigError:
+            continue
+        return candidate
+    return None
 
-    A state dict here is a non-empty dict of tensors keyed by name.
-    """
+
+def read_checkpoint(path: str | os.PathLike) -> object:
+    """What a checkpoint file holds, read safely: tensors and plain Python values only (a
+    Lightning .ckpt's whole dict with its training state, a bare state dict, a .safetensors
+    file's tensors). A damaged, truncated or pickled file is one ConfigError naming it."""
     path = resolve_checkpoint(path)
     try:
         if path.suffix.lower() == ".safetensors":
-            content = safetensors.torch.load_file(path)
-        else:
-            # Memory-mapped where the format allows (torch's zip files): checking keys and shapes, or
-            # taking one part of a large checkpoint, then reads only what it touches.
-            content = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+            return safetensors.torch.load_file(path)
+        # Memory-mapped where the format allows (torch's zip files): checking keys and shapes, or
+        # taking one part of a large checkpoint, then reads only what it touches.
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     # A damaged file makes torch's readers raise almost anything (RuntimeError, OSError, EOFError,
     # KeyError, struct.error, UnicodeDecodeError, UnpicklingError, SafetensorError...); this call
     # only reads the one file, so whatever it raises means that file cannot be read.
@@ -74,10 +88,22 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 "because unpickling them can run arbitrary code; save the weights instead, with "
                 "torch.save(model.state_dict(), ...) or safetensors.torch.save_file."
             ) from None
+        named = f"{path} (linked to {os.readlink(path)})" if path.is_symlink() else path
         raise ConfigError(
-            f"{path} is not a readable checkpoint ({_reason(err)}); "
+            f"{named} is not a readable checkpoint ({_reason(err)}); "
             "it may be truncated or not a PyTorch/safetensors file."
         ) from err
+
+
+def read_state_dict(path: str | os.PathLike, content: object = None) -> dict[str, torch.Tensor]:
+    """Tensors from a Lightning .ckpt (its 'state_dict'), a plain PyTorch file (.pt/.pth/.bin: a bare state dict,
+    or a dict holding one under 'state_dict', 'model', 'model_state_dict' or 'module'), or a .safetensors file.
+
+    A state dict here is a non-empty dict of tensors keyed by name. `content`, where given, is
+    what `read_checkpoint(path)` already returned.
+    """
+    if content is None:
+        content = read_checkpoint(path)
     state = _find_state_dict(content)
     if state is None:
         found = f"keys {', '.join(map(repr, content))}" if isinstance(content, dict) else f"a {type(content).__name__}"
