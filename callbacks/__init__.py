@@ -1,8 +1,8 @@
 """Callbacks that Lightning does not already ship."""
 
-from callbacks.checkpoints import LatestCheckpoint
+from callbacks.checkpoints import AtomicCheckpointIO, DiskFull, LatestCheckpoint
 from callbacks.prediction_writer import CSVPredictionWriter
 from callbacks.random_state import RandomState
 from callbacks.test_report import TestReport
 
-__all__ = ["CSVPredictionWriter", "LatestCheckpoint", "RandomState", "TestReport"]
+__all__ = ["AtomicCheckpointIO", "CSVPredictionWriter", "DiskFull", "LatestCheckpoint", "RandomState", "TestReport"]
