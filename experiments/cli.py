@@ -8,23 +8,29 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import wandb
+import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from callbacks.checkpoints import AtomicCheckpointIO
 from experiments.export import LitlabTrainer
-from experiments.parsing import LitlabArgumentParser, config_error_in
+from experiments.parsing import (
+    LitlabArgumentParser, check_arguments, check_builds_only_classes, check_trains_something, config_error_in,
+)
 from experiments.runs import (
     WANDB_ID, LoggerSaveConfigCallback, newest_fit, release_claimed, resumed_run, run_logger, run_of, run_root,
+    CONFIG, check_changes, release_locks, training_state,
 )
 from models import contract
-from models.checkpoints import check_fits, read_state_dict, resolve_checkpoint
+from models.checkpoints import check_fits, read_checkpoint, read_state_dict, resolve_checkpoint
 from models.errors import ConfigError
 
 DEFAULTS = Path(__file__).with_name("defaults.yaml")
@@ -43,12 +49,17 @@ def wandb_logged_in() -> bool:
 
 
 EVALUATE = ("validate", "test", "predict", "export")
-STOPPED = 128 + signal.SIGTERM  # the exit status of a process ended by SIGTERM, as schedulers expect
 
 
 class LitlabCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, **kwargs) -> None:
         self._args = list(sys.argv[1:] if args is None else args)
+        try:
+            self._build_and_run(args, **kwargs)
+        finally:
+            release_locks()  # the run has one writer for as long as the command runs, and no longer
+
+    def _build_and_run(self, args: list[str] | None, **kwargs) -> None:
         super().__init__(
             model_class=LightningModule,
             datamodule_class=LightningDataModule,
@@ -86,6 +97,7 @@ class LitlabCLI(LightningCLI):
             parser.link_arguments("data", vocab, compute_fn=contract.vocab_of, **link)
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        check_arguments(list(self._args if args is None else args))  # nothing a config names is built yet
         super().parse_arguments(parser, args)
         # Lightning would read the model's class and arguments from the checkpoint named by
         # --ckpt_path and build that instead. Here the configuration alone says what is built: a
@@ -99,16 +111,21 @@ class LitlabCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        check_builds_only_classes(config.as_dict())  # before anything a config names is called
         # `--trainer.enable_progress_bar=false` should just work, although defaults.yaml adds a bar.
         trainer = config.trainer
         if trainer.enable_progress_bar is False and trainer.callbacks:
             trainer.callbacks = [c for c in trainer.callbacks if not c.class_path.endswith("ProgressBar")]
+        if self.subcommand == "fit":
+            check_trains_something(trainer)
         if self.subcommand:
             config.ckpt_path = self._ckpt_path
             config.ckpt_path = self._resolve_ckpt_path(config)
         self._resume = self._run = None  # the fit being resumed; the run an evaluation writes into
         if self.subcommand == "fit" and config.ckpt_path:
             self._resume = resumed_run(Path(config.ckpt_path))
+            if self._resume is not None:
+                self._check_changes(config)
         elif self.subcommand in EVALUATE and config.ckpt_path:
             self._run = run_of(config.ckpt_path)
         folder = self._resume.folder if self._resume is not None else self._run
@@ -117,6 +134,12 @@ class LitlabCLI(LightningCLI):
             # The same W&B run continues, online or offline; its step axis continues with global_step.
             logger.init_args.id = (folder / WANDB_ID).read_text().strip()
             logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "resume": "allow"}
+
+    def _check_changes(self, config) -> None:
+        """A resumed fit trains the run it continues: see `experiments.runs.check_changes`."""
+        if (self._resume.folder / CONFIG).is_file():
+            now = yaml.safe_load(self.parser.dump(self.config, skip_none=False)).get(self.subcommand, {})
+            check_changes(self._resume, now, bool(config.get("allow_changes")))
 
     def _resolve_ckpt_path(self, config) -> str | None:
         """A run folder stands for its newest last.ckpt, `last` for the newest fit run of this
@@ -138,8 +161,8 @@ class LitlabCLI(LightningCLI):
                     f"--ckpt_path last: no run under {root} holds a last.ckpt of a {config.model.get('class_path')} "
                     "fit; this experiment has not saved one there yet, so give the checkpoint's path instead."
                 )
-            return str(found)
-        if Path(path).is_dir():
+            return str(resolve_checkpoint(found))  # a broken link is named as one
+        if Path(path).is_dir() or Path(path).is_symlink():
             return str(resolve_checkpoint(path))
         return path
 
@@ -157,6 +180,10 @@ class LitlabCLI(LightningCLI):
         # W&B is the one logger a config names (so `--trainer.logger.init_args.name=...` works);
         # a CSV logger always runs beside it, first, so the run directory is local.
         trainer_config = self.config_init[self.subcommand].get("trainer", {})
+        plugins = trainer_config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]  # a checkpoint is written whole or not at all
         logger = trainer_config.get("logger")
         if isinstance(logger, WandbLogger):
             # Local runs are filed under the W&B run name when there is one: runs/<name>/version_N.
@@ -192,8 +219,11 @@ class LitlabCLI(LightningCLI):
         path = self.config[self.subcommand].get("ckpt_path")
         if not path or not Path(path).is_file():
             return  # Lightning names a missing file itself
-        state = read_state_dict(path)  # ConfigError for a truncated, pickled or tensor-less file
-        check_fits(self.model, state, path)
+        if self.subcommand == "fit":
+            content = training_state(path)  # ConfigError for a damaged file, or one that holds weights alone
+        else:
+            content = read_checkpoint(path)  # ConfigError for a truncated, pickled or tensor-less file
+        check_fits(self.model, read_state_dict(path, content), path)
 
     def after_fit(self) -> None:
         """Test the best checkpoint, then say where everything went."""
@@ -268,11 +298,12 @@ def main(args: list[str] | None = None) -> None:
             auto_cli(report, args=arguments[1:], prog="litlab report")
             return
         LitlabCLI(args=args)
-    except SIGTERMException:
+    except SIGTERMException as stop:
         # Stopped between two training steps: callbacks.LatestCheckpoint saved the state and said how to resume.
+        code = 128 + getattr(stop, "signum", signal.SIGTERM)  # 143 for SIGTERM, 130 for a Ctrl-C, as shells expect
         if wandb.run is not None:
-            wandb.finish(exit_code=STOPPED)
-        sys.exit(STOPPED)
+            wandb.finish(exit_code=code)
+        sys.exit(code)
     except (ConfigError, MisconfigurationException, FileNotFoundError) as err:
         print(f"litlab: error: {err}", file=sys.stderr)
         release_claimed()  # a refused run leaves no run directory behind, only ever its own fresh one

@@ -202,7 +202,26 @@ def default_output(log_dir: str | None, format: Format) -> Path:
 
 class LitlabTrainer(Trainer):
     """Lightning's Trainer, plus the method behind `litlab export` (LightningCLI makes one
-    subcommand of each Trainer method it is told of)."""
+    subcommand of each Trainer method it is told of) and `litlab fit --allow_changes`."""
+
+    def fit(
+        self,
+        model: LightningModule,
+        train_dataloaders=None,
+        val_dataloaders=None,
+        datamodule: LightningDataModule | None = None,
+        ckpt_path: str | None = None,
+        weights_only: bool | None = None,
+        allow_changes: bool = False,
+    ) -> None:
+        """Train, or with --ckpt_path resume a run.
+
+        Args:
+            ckpt_path: the checkpoint to resume (a .ckpt file, a run folder, or last).
+            allow_changes: resume although the config differs from the run's config.yaml in what
+                shapes training; the changes are recorded in the run's changes.yaml.
+        """
+        super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
 
     def export(
         self,

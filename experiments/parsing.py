@@ -1,8 +1,12 @@
-"""How the `litlab` command reads its arguments: jsonargparse's nested reports as one line, and
-the user's error found inside what a link or a class raised."""
+"""How the `litlab` command reads its arguments: jsonargparse's nested reports as one line, the
+user's error found inside what a link or a class raised, and a config that names anything but
+a class where something is built."""
 
+import inspect
+import pydoc
 import re
 import sys
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser
 
@@ -59,3 +63,56 @@ class LitlabArgumentParser(LightningArgumentParser):
         prog = self.prog.replace(" [options]", "")
         print(f"litlab: error: {summarize_parser_error(message).rstrip('.')}. See: {prog} --help", file=sys.stderr)
         sys.exit(2)
+
+
+def check_arguments(args: list[str]) -> None:
+    """`check_builds_only_classes` on what the command line gives, before jsonargparse reads it:
+    each --config file and each flag whose value is a mapping. (jsonargparse 4.53 fails on a
+    function given as a class_path with a message about its own internals; a later one may call it.)"""
+    import yaml
+
+    for i, arg in enumerate(args):
+        key, _, value = arg.partition("=")
+        if not value and i + 1 < len(args) and key.startswith("--") and not args[i + 1].startswith("--"):
+            value = args[i + 1]
+        if key == "--config" and Path(value).is_file():
+            try:
+                check_builds_only_classes(yaml.safe_load(Path(value).read_text()))
+            except yaml.YAMLError:
+                continue  # jsonargparse names what is wrong with the file
+        elif key.startswith("--") and value.lstrip().startswith("{"):
+            try:
+                check_builds_only_classes(yaml.safe_load(value), key[2:].rstrip("+"))
+            except yaml.YAMLError:
+                continue
+
+
+def check_builds_only_classes(config: object, where: str = "") -> None:
+    """Refuse every `class_path` of a parsed config that names anything but a class, before
+    anything is built. jsonargparse checks that a class given for a callable argument (an
+    optimizer) builds the expected kind, but calls a *function* named there with the config's
+    `init_args` (`{class_path: os.system, init_args: {command: ...}}` would run the command)."""
+    if isinstance(config, dict):
+        path = config.get("class_path")
+        if isinstance(path, str) and not inspect.isclass(target := pydoc.locate(path)) and target is not None:
+            kind = "a function" if callable(target) else f"a {type(target).__name__}"
+            hint = " (here a torch.optim.Optimizer subclass, such as torch.optim.AdamW)" if where.endswith("optimizer") else ""
+            raise ConfigError(
+                f"{where}: class_path {path} is {kind}, not a class; a config builds only classes of the kind "
+                f"each place expects{hint}."
+            )
+        for key, value in config.items():
+            check_builds_only_classes(value, f"{where}.{key}" if where else key)
+    elif isinstance(config, list):
+        for i, value in enumerate(config):
+            check_builds_only_classes(value, f"{where}[{i}]")
+
+
+def check_trains_something(trainer) -> None:
+    """A fit with no epoch or step to train would end by testing untrained weights."""
+    if not trainer.get("fast_dev_run") and 0 in (trainer.get("max_epochs"), trainer.get("max_steps")):
+        knob = "max_epochs" if trainer.get("max_epochs") == 0 else "max_steps"
+        raise ConfigError(
+            f"trainer.{knob}=0 trains nothing, and the closing test would score untrained weights; give {knob} "
+            "of at least 1 (or -1 for no limit), or use litlab test to evaluate a checkpoint."
+        )

@@ -7,14 +7,19 @@ test, predict and export of a checkpoint inside a run write into that run, in a 
 after the command (`version_N/test/`). `--ckpt_path last` is the newest fit run of the same
 task by version; under SLURM, the run this job started (its id is kept in `slurm_job_id`), so a
 requeued job resumes its own run. A command refused before it trains leaves no folder behind.
+A fit holds its run's lock (`run.lock`, a POSIX record lock the system drops when the process
+ends, however it ends) for as long as it runs, so a second fit of the same run is refused.
 Each command's resolved configuration is its folder's `config.yaml`, less the command's own
 checkpoint arguments, so a run's config serves every later command.
 """
 
 import csv
+import fcntl
 import os
 import re
 import shutil
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,17 +29,27 @@ import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from models.lightning_internals import saved_epoch_complete
+from models.checkpoints import read_checkpoint
+from models.errors import ConfigError
 
 WANDB_ID = "wandb_id"  # the W&B run id, kept in the run directory so that a resume continues the same run
 SLURM_JOB = "slurm_job_id"  # the SLURM job that started the run, so its requeued self resumes it
 METRICS = "metrics.csv"
 CONFIG = "config.yaml"
 LAST = Path("checkpoints", "last.ckpt")
-PREAMBLE = {CONFIG, WANDB_ID, SLURM_JOB}  # what a run holds before it has trained at all
-COMMAND_ONLY = ("ckpt_path", "weights_only")  # a subcommand's own arguments, left out of a run's config.yaml
+LOCK = "run.lock"  # held by the process that trains in the run; it names that process
+PREAMBLE = {CONFIG, WANDB_ID, SLURM_JOB, LOCK}  # what a run holds before it has trained at all
+COMMAND_ONLY = ("ckpt_path", "weights_only", "allow_changes")  # a command's own arguments, not in config.yaml
+CHANGES = "changes.yaml"  # what a resume with --allow_changes changed, and at which step
+# What a resume may change without changing the training: where and how it is logged and shown,
+# and how many processes load the data.
+UNSHAPING = ("trainer.logger", "trainer.callbacks", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+             "trainer.log_every_n_steps", "trainer.default_root_dir", "data.init_args.num_workers", *COMMAND_ONLY)
+# What the length of the run, and so a schedule planned for it, depends on.
+LENGTH = ("trainer.max_epochs", "trainer.max_steps", "trainer.accumulate_grad_batches", "trainer.devices",
+          "trainer.num_nodes", "data.init_args.batch_size", "data.init_args.batch_scope", "trainer.limit_train_batches")
 
 
 def run_of(checkpoint: str | os.PathLike) -> Path | None:
@@ -61,7 +76,7 @@ def newest_fit(root: Path, task: str | None, job: str | None = None) -> Path | N
     SLURM, that of the run `job` started where there is one. Never a run of another task."""
     versions = [p for p in root.glob("version_*") if re.fullmatch(r"version_\d+", p.name)]
     runs = [p for p in sorted(versions, key=lambda p: int(p.name[8:]), reverse=True)
-            if (p / LAST).is_file() and (task is None or task_of(p) in (None, task))]
+            if ((p / LAST).is_file() or (p / LAST).is_symlink()) and (task is None or task_of(p) in (None, task))]
     if job:
         mine = [p for p in runs if (p / SLURM_JOB).is_file() and (p / SLURM_JOB).read_text().strip() == job]
         runs = mine or runs
@@ -75,19 +90,27 @@ class Resume:
     folder: Path  # the run directory
     step: int  # global step
     epoch: int
-    epoch_complete: bool  # saved at the end of the epoch rather than in its middle
 
     def kept(self, row: dict[str, str]) -> bool:
         """Whether a metrics.csv row was logged before this checkpoint was saved, so that the
         resumed run will not log it again. Rows logged by the steps after a checkpoint carry its
-        step or later; only the epoch's own closing metrics, which Lightning writes just after an
-        end-of-epoch checkpoint, share its step and epoch. The test that closed the run is redone
-        when the resumed fit ends."""
+        step or later (an epoch's closing metrics carry its last step, one before the checkpoint
+        that saves its end). The test that closed the run is redone when the resumed fit ends."""
         if not row.get("step") or any(value for key, value in row.items() if key and key.startswith("test/")):
             return False
-        step = int(row["step"])
-        closing = self.epoch_complete and step == self.step and row.get("epoch") == str(self.epoch)
-        return step < self.step or closing
+        return int(row["step"]) < self.step
+
+
+def training_state(checkpoint: str | os.PathLike) -> dict:
+    """What a fit saved in `checkpoint`, read safely; one line for a damaged file or one that
+    holds weights alone, which a fit cannot resume."""
+    saved = read_checkpoint(checkpoint)
+    if not isinstance(saved, dict) or not {"global_step", "epoch", "state_dict"} <= saved.keys():
+        raise ConfigError(
+            f"{checkpoint} holds no training state (a fit's global_step, epoch and state_dict), so fit cannot resume "
+            "it; give a .ckpt a litlab fit saved, or start from these weights with models.FineTune's checkpoint."
+        )
+    return saved
 
 
 def resumed_run(checkpoint: Path) -> Resume | None:
@@ -95,8 +118,8 @@ def resumed_run(checkpoint: Path) -> Resume | None:
     folder = checkpoint.parent.parent
     if checkpoint.parent.name != "checkpoints" or not folder.name.startswith("version_") or not checkpoint.is_file():
         return None
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    return Resume(folder, int(saved["global_step"]), int(saved["epoch"]), saved_epoch_complete(saved))
+    saved = training_state(checkpoint)
+    return Resume(folder, int(saved["global_step"]), int(saved["epoch"]))
 
 
 # Run directories claimed by this process, removed again if the run is refused before it trains.
@@ -117,6 +140,34 @@ def claim_version(root: Path) -> int:
             continue
         CLAIMED.append(root / f"version_{version}")
         return version
+
+
+HELD: list[int] = []  # the run locks this process holds, open until it ends
+
+
+def lock_run(folder: Path) -> None:
+    """Take `folder`'s lock for this process, or refuse in one line naming the process that holds it.
+    A lock left by a process that was killed is free: the system drops it with the process."""
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise ConfigError(
+            f"{folder} is in use: {holder} trains in it; a run has one writer at a time, so wait for that one "
+            "to end (or stop it) and then resume, or start a new run."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+              .encode(), 0)
+    HELD.append(fd)
+
+
+def release_locks() -> None:
+    """Drop the run locks this process holds (its command is over)."""
+    while HELD:
+        os.close(HELD.pop())
 
 
 def claim_folder(folder: Path) -> None:
@@ -220,6 +271,55 @@ class RunCSVLogger(CSVLogger):
         self.save()
 
 
+def flat(config: object, prefix: str = "") -> dict[str, object]:
+    """{dotted key: value} of a nested config; lists are values."""
+    if not isinstance(config, dict):
+        return {prefix: config}
+    out: dict[str, object] = {}
+    for key, value in config.items():
+        out.update(flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def config_changes(saved: dict, now: dict) -> dict[str, tuple[object, object]]:
+    """{key: (the run's value, this command's)} for every setting that shapes the training and differs."""
+    before, after = flat(saved), flat(now)
+    keys = [key for key in sorted(before.keys() | after.keys()) if not key.startswith(UNSHAPING)]
+    return {key: (before.get(key), after.get(key)) for key in keys if before.get(key) != after.get(key)}
+
+
+def record_changes(folder: Path, step: int, changes: dict[str, tuple[object, object]]) -> None:
+    """Append what a resume changed, and at which step, to the run's changes.yaml."""
+    entry = {"step": step, "changed": {key: {"from": old, "to": new} for key, (old, new) in changes.items()}}
+    with (folder / CHANGES).open("a") as f:
+        yaml.safe_dump([entry], f, sort_keys=False)
+
+
+def check_changes(resume: Resume, now: dict, allow: bool) -> None:
+    """Refuse a resume whose config (`now`) differs from the run's config.yaml in what shapes the
+    training, naming each change; with `allow`, record the changes and say what they leave as it was."""
+    folder = resume.folder
+    saved = yaml.safe_load((folder / CONFIG).read_text()) or {}
+    changes = config_changes(saved, now)
+    if not changes:
+        return
+    shown = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in list(changes.items())[:6])
+    shown += f"; and {len(changes) - 6} more" if len(changes) > 6 else ""
+    if not allow:
+        raise ConfigError(
+            f"{folder} was trained with another config ({shown}); resume it with its own config "
+            f"(--config {folder / CONFIG}), or pass --allow_changes=true to continue with these changes."
+        )
+    if rank_zero_only.rank == 0:
+        record_changes(folder, resume.step, changes)
+    length = [key for key in changes if key.startswith(LENGTH)]
+    scheduled = ((now.get("model") or {}).get("init_args") or {}).get("schedule", "constant") != "constant"
+    schedule = (f" The learning-rate schedule is not re-planned for the new length ({', '.join(length)}): it keeps "
+                "the steps it was planned with." if length and scheduled else "")
+    rank_zero_info(f"Resuming {folder} at step {resume.step} with changes ({shown}), recorded in {folder / CHANGES}."
+                   f"{schedule}")
+
+
 def run_logger(save_dir: str | None, name: str, subcommand: str, resume: Resume | None, run: Path | None
                ) -> "RunCSVLogger":
     """The CSV logger whose folder is this command's place: a resumed fit continues its own run
@@ -228,6 +328,8 @@ def run_logger(save_dir: str | None, name: str, subcommand: str, resume: Resume 
     together never share one; the other ranks follow it (Lightning broadcasts the log folder)."""
     save_dir = save_dir or "."
     if resume is not None and resume.folder.parent == Path(save_dir, name):
+        if rank_zero_only.rank == 0:
+            lock_run(resume.folder)  # before metrics.csv is cut back to the checkpoint
         return RunCSVLogger(save_dir, name, int(resume.folder.name.split("_")[1]), resume=resume)
     if run is not None:
         logger = RunCSVLogger(str(run.parent.parent), run.parent.name, f"{run.name}/{subcommand}")
@@ -237,6 +339,7 @@ def run_logger(save_dir: str | None, name: str, subcommand: str, resume: Resume 
     version = claim_version(Path(save_dir, name)) if rank_zero_only.rank == 0 else None
     logger = RunCSVLogger(save_dir, name, version)
     if version is not None and subcommand == "fit":
+        lock_run(Path(logger.log_dir))
         record_job(Path(logger.log_dir))
     return logger
 

@@ -36,10 +36,13 @@ def one_error_line(code: int, err: str, message: str) -> None:
         (["--config", CNN, "--ckpt_path=last"], "--ckpt_path last: no run under runs/digits-cnn holds a last.ckpt"),
         (["--config", CNN, "--model.optimizer.lr=-0.1"], "model.optimizer: Invalid learning rate: -0.1"),
         (["--config", CNN, "--model.optimizer.lr=1e6"], "The training loss became nan at step"),
+        (["--config", CNN, "--trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing, and the closing test"),
+        (["--config", CNN, "--trainer.max_steps=0"], "trainer.max_steps=0 trains nothing"),
     ],
     ids=[
         "missing-file", "unknown-key", "wrong-type", "no-such-class", "bad-choice", "bad-value", "zero-batch",
         "bad-backbone", "onecycle-without-warmup", "no-checkpoint", "no-last-checkpoint", "negative-lr", "diverging-lr",
+        "zero-epochs", "zero-steps",
     ],
 )
 def test_user_error_is_one_clear_line(litlab_main, monkeypatch, args, message):
@@ -49,12 +52,36 @@ def test_user_error_is_one_clear_line(litlab_main, monkeypatch, args, message):
     assert not [d for d in Path("runs").glob("*/version_*") if not any(d.iterdir())]
 
 
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ('--model.optimizer={"class_path": "os.system", "init_args": {"command": "touch ran"}}',
+         "model.optimizer: class_path os.system is a function, not a class; a config builds only classes of the kind "
+         "each place expects (here a torch.optim.Optimizer subclass, such as torch.optim.AdamW)."),
+        ('--trainer.callbacks+={"class_path": "os.system", "init_args": {"command": "touch ran"}}',
+         "trainer.callbacks: class_path os.system is a function, not a class"),
+        ("--config=evil.yaml", "model.init_args.optimizer: class_path os.system is a function, not a class"),
+        ("--model.optimizer=os.system", "Expected 'os.system' to be a function that returns <class 'Optimizer'>"),
+        ("--model.optimizer=subprocess.Popen", "Expected 'subprocess.Popen' to be a subclass of <class 'Optimizer'>"),
+    ],
+    ids=["function-as-optimizer", "function-as-callback", "in-a-config-file", "function-path-as-optimizer",
+         "class-of-another-kind"],
+)
+def test_a_config_builds_only_what_its_place_expects_and_runs_nothing_else(litlab_main, monkeypatch, flag, message):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    Path("evil.yaml").write_text("model:\n  init_args:\n    optimizer:\n      class_path: os.system\n"
+                                 "      init_args: {command: touch ran}\n")
+    one_error_line(*litlab_main("fit", "--config", CNN, flag)[::2], message)
+    assert not Path("ran").exists() and not Path("runs").exists()
+
+
 @pytest.mark.parametrize("subcommand", ["test", "predict", "validate"])
 def test_evaluating_without_a_checkpoint_is_refused(litlab_main, monkeypatch, subcommand):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     one_error_line(*litlab_main(subcommand, "--config", CNN)[::2], f"litlab {subcommand} needs --ckpt_path")
 
 
+@pytest.mark.slow  # three epochs
 def test_a_diverging_run_keeps_its_earlier_checkpoints_and_never_saves_non_finite_weights(litlab_main, monkeypatch):
     import torch
 
@@ -237,3 +264,55 @@ def test_a_damaged_or_mismatched_checkpoint_is_one_clear_line_and_leaves_no_run(
         code, _, err = litlab_main("test", "--config", config, f"--ckpt_path={tmp_path / checkpoint}")
         one_error_line(code, err, message)
     assert not list(Path("runs").glob("*/version_*"))  # refused before anything was written
+
+
+def damaged_run(tmp_path: Path) -> Path:
+    """runs/digits-mlp/version_0 as a fit leaves it, with its newest checkpoint cut in half: an
+    intact latest-…-step20 file, a damaged latest-…-step40 one, and last.ckpt linked to it."""
+    import torch
+
+    from models import Classifier
+    from models.backbones import MLP
+
+    model = Classifier(backbone=MLP(depth=2, width=256, dropout=0.2), num_classes=10)
+    model.backbone(torch.zeros(2, 1, 8, 8))
+    folder = Path("runs/digits-mlp/version_0/checkpoints")
+    folder.mkdir(parents=True)
+    whole = {"state_dict": model.state_dict(), "global_step": 20, "epoch": 0, "pytorch-lightning_version": "2.6.6"}
+    torch.save(whole, folder / "latest-epoch000-step000020.ckpt")
+    data = (folder / "latest-epoch000-step000020.ckpt").read_bytes()
+    (folder / "latest-epoch001-step000040.ckpt").write_bytes(data[: len(data) // 2])
+    (folder / "last.ckpt").symlink_to("latest-epoch001-step000040.ckpt")
+    torch.save(model.state_dict(), tmp_path / "weights.pt")  # weights alone, no training state
+    return folder
+
+
+CUT = "last.ckpt (linked to latest-epoch001-step000040.ckpt) is not a readable checkpoint"
+DAMAGED = [
+    (["fit", "--config", MLP_YAML, "--ckpt_path=last"], CUT),
+    (["test", "--config", MLP_YAML, "--ckpt_path=last"], CUT),
+    (["predict", "--config", MLP_YAML, "--ckpt_path=runs/digits-mlp/version_0"], CUT),
+    (["export", "--config", MLP_YAML, "--ckpt_path=last"], CUT),
+    (["fit", "--config", FINETUNE_YAML, "--model.checkpoint=runs/digits-mlp/version_0/checkpoints/last.ckpt"], CUT),
+    (["fit", "--config", DISTILL, "--model.teacher_checkpoint=runs/digits-mlp/version_0"], CUT),
+    (["fit", "--config", MLP_YAML, "--ckpt_path={tmp}/weights.pt"], "weights.pt holds no training state"),
+    (["report", "runs/digits-mlp"], "metrics.csv is damaged (UnicodeDecodeError"),
+    (["fit", "--config", MLP_YAML, "--ckpt_path=last", "gone"],
+     "last.ckpt is a broken link (to latest-epoch001-step000040.ckpt, which is gone); the newest intact checkpoint "
+     "beside it is runs/digits-mlp/version_0/checkpoints/latest-epoch000-step000020.ckpt: give that as --ckpt_path"),
+]
+
+
+@pytest.mark.parametrize("args, message", DAMAGED, ids=["resume", "test", "predict", "export", "finetune",
+                                                         "distill-teacher", "weights-alone", "report", "broken-link"])
+def test_a_damaged_file_is_one_line_at_every_entry_point(litlab_main, monkeypatch, tmp_path, args, message):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    folder = damaged_run(tmp_path)
+    (folder.parent / "metrics.csv").write_bytes(bytes(range(256)) * 4)
+    if args[-1] == "gone":
+        args = args[:-1]
+        (folder / "latest-epoch001-step000040.ckpt").unlink()
+    code, _, err = litlab_main(*[arg.format(tmp=tmp_path) for arg in args])
+    one_error_line(code, err, message)
+    assert sorted(p.name for p in Path("runs/digits-mlp").iterdir()) == ["version_0"]
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["checkpoints", "metrics.csv"]  # nothing added

@@ -21,6 +21,6 @@ def test_printed_config_fed_back_reproduces_the_run(capsys, monkeypatch, tmp_pat
     saved = yaml.safe_load((tmp_path / cli.trainer.log_dir / "config.yaml").read_text())
     expected = yaml.safe_load(printed_config)
     # The run's config.yaml is the experiment: the command's own checkpoint arguments are left out.
-    assert saved == {key: value for key, value in expected.items() if key not in ("ckpt_path", "weights_only")}
+    assert saved == {key: value for key, value in expected.items() if key not in ("ckpt_path", "weights_only", "allow_changes")}
     assert expected["seed_everything"] == 7 and expected["model"]["init_args"]["backbone"]["init_args"]["width"] == 64
     assert cli.model.backbone.out_features == 64 and cli.trainer.current_epoch == 1

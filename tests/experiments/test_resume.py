@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from experiments.cli import DEFAULTS
 
@@ -68,6 +69,34 @@ def test_an_interrupted_fit_resumed_from_last_ckpt_ends_bit_identical(cli, monke
     assert (resumed / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
 
 
+@pytest.mark.slow
+def test_a_kill_between_an_epochs_end_and_its_closing_metrics_loses_neither(cli, monkeypatch, tmp_path):
+    # Lightning logs an epoch's closing metrics after every on_train_epoch_end hook; the task's own
+    # hook runs after LatestCheckpoint's. A kill there must not leave a checkpoint that claims the
+    # epoch done while metrics.csv never got its closing row.
+    args = ["fit", "--config", frequent_checkpoints(tmp_path, 7), "--config", str(DIGITS / "mlp.yaml"),
+            "--trainer.max_epochs=3"]
+    reference = Path(cli(*args).trainer.log_dir)
+    task = type(cli(*args, "--trainer.max_steps=1").model)
+    epoch_end = task.on_train_epoch_end
+
+    def killed_as_epoch_one_ends(self):
+        epoch_end(self)
+        if self.current_epoch == 1:
+            raise Interrupted
+
+    monkeypatch.setattr(task, "on_train_epoch_end", killed_as_epoch_one_ends)
+    with pytest.raises(Interrupted):
+        cli(*args)
+    monkeypatch.setattr(task, "on_train_epoch_end", epoch_end)
+    interrupted = max(reference.parent.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    assert torch.load(interrupted / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 35  # step 35's save
+    resumed = Path(cli(*args, "--ckpt_path=last").trainer.log_dir)
+    expected, got = final_state(reference), final_state(resumed)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert (resumed / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
+
+
 def frequent_checkpoints(folder: Path, every: int) -> str:
     """defaults.yaml with the newest state saved every `every` training steps, so kills land mid-epoch."""
     path = folder / "defaults.yaml"
@@ -82,11 +111,26 @@ def checkpoint_mark(last: Path) -> tuple[str, int] | None:
         return None
 
 
+def process_of_rank(run: subprocess.Popen, rank: int) -> int:
+    """The pid of DDP rank `rank` (> 0) of a litlab job: the child Lightning started with LOCAL_RANK set."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            environ = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == run.pid and f"LOCAL_RANK={rank}".encode() in environ:
+            return int(stat.parent.name)
+    raise AssertionError(f"no rank {rank} process under {run.pid}")
+
+
 def kill_and_resume(tmp_path: Path, experiment: str, flags: list[str], signals: list[int], every: int,
-                    seed: int, processes: int = 1) -> list[str]:
+                    seed: int, processes: int = 1, to: list[str] | None = None) -> list[str]:
     """Run the recipe once uninterrupted; run it again, stopping it with each of `signals` in turn
     at a seeded random moment after it has saved a checkpoint, and resuming it with
-    `--ckpt_path last`; then return how each stop went. The caller's assertion is the end: the
+    `--ckpt_path last` (a SIGKILL goes to the whole job; another signal to its main process, or as
+    `to` says: "group", every process of the job, as SLURM sends it; "rank 1", that DDP process
+    alone); then return how each stop went. The caller's assertion is the end: the
     final weights and metrics.csv must equal the uninterrupted run's."""
     name = {"cnn_augment": "digits-cnn-augment", "simclr": "digits-simclr"}[experiment]
     base = ["fit", "--config", frequent_checkpoints(tmp_path, every), "--config", str(DIGITS / f"{experiment}.yaml"),
@@ -119,7 +163,7 @@ def kill_and_resume(tmp_path: Path, experiment: str, flags: list[str], signals: 
     last = chain / "runs" / name / "version_0" / "checkpoints" / "last.ckpt"
     rng = random.Random(seed)
     outcomes = []
-    for signum in signals:
+    for signum, target in zip(signals, to or ["main"] * len(signals)):
         before = checkpoint_mark(last)
         run = start(chain, *(["--ckpt_path=last"] if before else []))
         while checkpoint_mark(last) == before and run.poll() is None:
@@ -130,16 +174,21 @@ def kill_and_resume(tmp_path: Path, experiment: str, flags: list[str], signals: 
             break
         if signum == signal.SIGKILL:
             os.killpg(run.pid, signal.SIGKILL)
+        elif target == "group":
+            os.killpg(run.pid, signum)  # every process of the job, loader workers included
+        elif target.startswith("rank "):
+            os.kill(process_of_rank(run, int(target.split()[1])), signum)
         else:
             run.send_signal(signum)  # to the main process, as a scheduler does; it stops the others
         code = run.wait(timeout=120)
         if signum != signal.SIGKILL:
             # One line that says where the run is saved and the command that resumes it.
-            assert code == 143, stderr(run)[-3000:]
+            assert code == (130 if signum == signal.SIGINT else 143), stderr(run)[-3000:]
             line = stderr(run).strip().splitlines()[-1]
             assert line.startswith("litlab: stopped by a signal at step"), line
             assert "Resume it with: litlab fit" in line and line.endswith("last.ckpt"), line
-        outcomes.append(f"{signal.Signals(signum).name} at step {torch.load(last, weights_only=True)['global_step']}")
+        outcomes.append(f"{signal.Signals(signum).name} at step {torch.load(last, weights_only=True)['global_step']}"
+                        + (f" to {target}" if signum != signal.SIGKILL and target != "main" else ""))
     final = start(chain, "--ckpt_path=last")
     assert final.wait(timeout=400) == 0, stderr(final)[-3000:]
 
@@ -154,10 +203,11 @@ def kill_and_resume(tmp_path: Path, experiment: str, flags: list[str], signals: 
 @pytest.mark.slow
 def test_a_fit_killed_and_preempted_at_random_moments_resumes_bit_identical(tmp_path):
     # Per-sample augmentation in two worker processes, dropout, a cosine schedule; 20 steps an epoch.
-    signals = [signal.SIGKILL, signal.SIGTERM, signal.SIGKILL, signal.SIGUSR1, signal.SIGKILL]
+    # A Ctrl-C (SIGINT) is a preemption by hand: it stops, saves and resumes as SIGTERM does.
+    signals = [signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGKILL]
     flags = ["--trainer.max_epochs=8", "--data.num_workers=2", "--model.backbone.dropout=0.2"]
     outcomes = kill_and_resume(tmp_path, "cnn_augment", flags, signals, every=5, seed=0)
-    assert sum("SIGKILL" in o for o in outcomes) >= 3 and len(outcomes) == len(signals)
+    assert [o.split()[0] for o in outcomes] == ["SIGKILL", "SIGTERM", "SIGINT", "SIGUSR1", "SIGKILL"], outcomes
 
 
 @pytest.mark.slow
@@ -173,8 +223,11 @@ def test_a_ddp_fit_killed_at_random_moments_resumes_bit_identical(tmp_path):
     # Two gloo processes, each with its own random state and its half of every batch.
     flags = ["--trainer.max_epochs=4", "--data.num_workers=1", "--model.backbone.dropout=0.2",
              "--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2"]
-    outcomes = kill_and_resume(tmp_path, "cnn_augment", flags, [signal.SIGKILL] * 2, every=3, seed=2)
-    assert len(outcomes) == 2 and all("SIGKILL" in o for o in outcomes)
+    # SIGTERM to the whole process group, as SLURM and cloud schedulers send it before they kill a
+    # job; then to the second process alone: every process stops at the step they agree on.
+    outcomes = kill_and_resume(tmp_path, "cnn_augment", flags, [signal.SIGKILL, signal.SIGTERM, signal.SIGTERM],
+                               every=3, seed=2, to=["group", "group", "rank 1"])
+    assert [o.split()[0] for o in outcomes] == ["SIGKILL", "SIGTERM", "SIGTERM"], outcomes
 
 
 @pytest.mark.slow
@@ -183,8 +236,11 @@ def test_a_resumed_fit_continues_its_run_directory_and_its_wandb_run(litlab, wan
     mlp = str(DIGITS / "mlp.yaml")
     quiet = ["--trainer.enable_progress_bar=false"]
     assert litlab("fit", "--config", mlp, "--trainer.max_epochs=1", *quiet).returncode == 0
-    resumed = litlab("fit", "--config", mlp, "--trainer.max_epochs=2", "--ckpt_path=last", *quiet)
+    # A second epoch: a change of the run's length, which a resume takes only when told to.
+    resumed = litlab("fit", "--config", mlp, "--trainer.max_epochs=2", "--ckpt_path=last", "--allow_changes=true", *quiet)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    changes = yaml.safe_load((tmp_path / "runs" / "digits-mlp" / "version_0" / "changes.yaml").read_text())
+    assert changes == [{"step": 20, "changed": {"trainer.max_epochs": {"from": 1, "to": 2}}}]
     assert [p.name for p in (tmp_path / "runs" / "digits-mlp").iterdir()] == ["version_0"]
     first, second = sorted((tmp_path / "runs" / "wandb").glob("offline-run-*"))
     run_id = (tmp_path / "runs" / "digits-mlp" / "version_0" / "wandb_id").read_text()

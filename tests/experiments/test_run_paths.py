@@ -105,7 +105,7 @@ def test_reusing_a_finished_run_is_one_line_per_mistake_and_leaves_the_run_as_it
     from tests.conftest import write_image_folder
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    images = write_image_folder(tmp_path / "images", classes=2, per_class=8)
+    images = write_image_folder(tmp_path / "images", classes=2, per_class=12)
     quiet = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
     fit = ["fit", "--config", FOLDER_CNN, f"--data.root={images}", "--data.image_size=16", "--trainer.max_epochs=1"]
     code, _, err = litlab_main(*fit, *quiet)
@@ -130,3 +130,43 @@ def test_reusing_a_finished_run_is_one_line_per_mistake_and_leaves_the_run_as_it
         assert all(part in lines[0] for part in said), (args, lines[0])
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing left behind, nothing lost
     assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]
+
+
+HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+os.ftruncate(fd, 0)
+os.write(fd, b"process 4242 on elsewhere")
+fcntl.lockf(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_run_has_one_writer_and_the_lock_of_a_killed_one_is_taken_over(cli, litlab_main, monkeypatch):
+    import sys
+
+    cli("fit", "--config", MLP, "--trainer.max_epochs=1")
+    run = Path("runs/digits-mlp/version_0")
+    before = (run / "metrics.csv").read_bytes()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run / "run.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, _, err = litlab_main("fit", "--config", MLP, "--trainer.max_epochs=1", "--ckpt_path=last")
+        assert code == 2 and "Traceback" not in err
+        assert f"litlab: error: {run} is in use: process 4242 on elsewhere trains in it" in err
+        assert (run / "metrics.csv").read_bytes() == before  # the refused resume touched nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    # A resume trains the run it continues: another learning rate or batch is refused, each change named.
+    config = (run / "config.yaml").read_bytes()
+    code, _, err = litlab_main("fit", "--config", MLP, "--trainer.max_epochs=1", "--ckpt_path=last",
+                               "--model.optimizer.init_args.lr=0.03", "--data.batch_size=32")
+    assert code == 2 and "Traceback" not in err
+    assert (f"litlab: error: {run} was trained with another config (data.init_args.batch_size: 64 -> 32; "
+            "model.init_args.optimizer.init_args.lr: 0.002 -> 0.03); resume it with its own config") in err
+    assert (run / "config.yaml").read_bytes() == config and not (run / "changes.yaml").exists()
+    code, _, err = litlab_main("fit", "--config", MLP, "--trainer.max_epochs=1", "--ckpt_path=last")
+    assert code == 0, err[-2000:]
+    assert f"process {__import__('os').getpid()} on" in (run / "run.lock").read_text()
