@@ -6,6 +6,8 @@ exception saves whatever the exception was. `LatestCheckpoint` keeps one file, r
 best checkpoint's tracking too), with `last.ckpt` linked to it. The end of an epoch is taken
 where Lightning saves it, and written once the epoch's closing metrics are logged (when the
 next epoch starts, or training ends), so a kill between the two cannot lose those metrics.
+A step's state is likewise taken at the end of the step and written once the step's row of metrics
+is logged (Lightning logs it after every on_train_batch_end hook), when the next step starts.
 It stops the run when it is told to (SIGTERM or SIGUSR1, a preemption; SIGINT, a Ctrl-C): its own signal handlers only
 note the signal, every process agrees at the end of each training step whether any of them
 was told (one all-reduce of one number), and all of them stop at that same step boundary,
@@ -159,7 +161,8 @@ class LatestCheckpoint(L.Callback):
         """Write the newest state, then relink last.ckpt, then remove the state it replaces: in an
         order that leaves last.ckpt naming a whole file whenever a kill comes (the file is written
         atomically; the link is replaced atomically). With `hold`, the state is taken now and
-        written by `_write_held`."""
+        written by `_write_held` (a state held before it is written first)."""
+        self._write_held(trainer)
         self._pending, self._saved_step = False, trainer.global_step
         name = self.filename.format(epoch=trainer.current_epoch, step=trainer.global_step) + ".ckpt"
         path = Path(self.dirpath, name)
@@ -226,8 +229,13 @@ class LatestCheckpoint(L.Callback):
         raise Preempted(signum)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        if self._stopping:  # told during the last epoch, whose end is saved: stop before a new step
+        self._write_held(trainer)  # the last step's state: its metrics are logged by now
+        if self._stopping:  # told during the last step or epoch, whose end is saved: stop before a new step
             raise Preempted(self._stopping)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._write_held(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write_held(trainer)
@@ -240,9 +248,13 @@ class LatestCheckpoint(L.Callback):
         # Only where an optimizer step has just been taken (the same batch on every process).
         stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or trainer.is_last_batch
         if stepped and not self._stopping and (stop := self._agreed_stop(trainer)):
+            # The validation right after this step, or the epoch's end, comes first; otherwise this
+            # step's state is saved once its metrics are logged, and the run stops as the next step starts.
+            self._stopping = stop
             if not trainer.is_last_batch and not self._validates_next(trainer, batch_idx):
-                self._stop(trainer, stop)
-            self._stopping = stop  # the validation right after this step, or the epoch's end, comes first
+                if not trainer.fast_dev_run:
+                    self.save(trainer, hold=True)
+                return
         step = trainer.global_step
         if trainer.fast_dev_run or step % self.every_n_train_steps or step == self._saved_step:
             return
@@ -251,7 +263,7 @@ class LatestCheckpoint(L.Callback):
         if self._validates_next(trainer, batch_idx):
             self._pending = True
         else:
-            self.save(trainer)
+            self.save(trainer, hold=True)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.is_last_batch:

@@ -97,6 +97,45 @@ def test_a_kill_between_an_epochs_end_and_its_closing_metrics_loses_neither(cli,
     assert (resumed / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
 
 
+@pytest.mark.slow
+def test_a_stop_or_a_kill_at_a_logged_step_keeps_that_steps_metrics(cli, monkeypatch, tmp_path):
+    # Lightning logs a step's metrics after every on_train_batch_end hook, so the state of step 30
+    # (a logged step, a checkpoint step) is written only once its row is. A SIGTERM during that step
+    # stops the run there; a kill right after the step's hooks leaves the previous checkpoint newest.
+    # Either way the resumed run's metrics.csv is the uninterrupted one's.
+    from callbacks.checkpoints import Preempted
+
+    args = ["fit", "--config", frequent_checkpoints(tmp_path, 10), "--config", str(DIGITS / "mlp.yaml"),
+            "--trainer.max_epochs=2"]
+    reference = Path(cli(*args).trainer.log_dir)
+    task = type(cli(*args, "--trainer.max_steps=1").model)
+    train, batch_end = task.training_step, task.on_train_batch_end
+
+    def signalled_in_step_30(self, batch, batch_idx):
+        if self.global_step == 29:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return train(self, batch, batch_idx)
+
+    def killed_after_step_30(self, outputs, batch, batch_idx):  # the task's hook runs after the callbacks'
+        batch_end(self, outputs, batch, batch_idx)
+        if self.global_step == 30:
+            raise Interrupted
+
+    for patch, error, saved_step in [("training_step", Preempted, 30), ("on_train_batch_end", Interrupted, 20)]:
+        monkeypatch.setattr(task, patch, {"training_step": signalled_in_step_30,
+                                          "on_train_batch_end": killed_after_step_30}[patch])
+        with pytest.raises(error):
+            cli(*args)
+        monkeypatch.setattr(task, patch, {"training_step": train, "on_train_batch_end": batch_end}[patch])
+        stopped = max(reference.parent.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+        assert torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == saved_step, patch
+        resumed = Path(cli(*args, "--ckpt_path=last").trainer.log_dir)
+        assert resumed == stopped
+        expected, got = final_state(reference), final_state(resumed)
+        assert all(torch.equal(expected[k], got[k]) for k in expected), patch
+        assert (resumed / "metrics.csv").read_text() == (reference / "metrics.csv").read_text(), patch
+
+
 def frequent_checkpoints(folder: Path, every: int) -> str:
     """defaults.yaml with the newest state saved every `every` training steps, so kills land mid-epoch."""
     path = folder / "defaults.yaml"
