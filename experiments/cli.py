@@ -220,7 +220,8 @@ class LitlabCLI(LightningCLI):
         if not path or not Path(path).is_file():
             return  # Lightning names a missing file itself
         if self.subcommand == "fit":
-            content = training_state(path)  # ConfigError for a damaged file, or one that holds weights alone
+            # ConfigError for a damaged file, or one that holds weights alone; a run's checkpoint was read already.
+            content = self._resume.state if self._resume is not None else training_state(path)
         else:
             content = read_checkpoint(path)  # ConfigError for a truncated, pickled or tensor-less file
         check_fits(self.model, read_state_dict(path, content), path)

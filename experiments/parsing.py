@@ -110,9 +110,13 @@ def check_builds_only_classes(config: object, where: str = "") -> None:
 
 def check_trains_something(trainer) -> None:
     """A fit with no epoch or step to train would end by testing untrained weights."""
-    if not trainer.get("fast_dev_run") and 0 in (trainer.get("max_epochs"), trainer.get("max_steps")):
-        knob = "max_epochs" if trainer.get("max_epochs") == 0 else "max_steps"
-        raise ConfigError(
-            f"trainer.{knob}=0 trains nothing, and the closing test would score untrained weights; give {knob} "
-            "of at least 1 (or -1 for no limit), or use litlab test to evaluate a checkpoint."
-        )
+    if trainer.get("fast_dev_run"):
+        return
+    for knob in ("max_epochs", "max_steps", "limit_train_batches"):
+        if trainer.get(knob) == 0:  # 0 and 0.0 alike
+            least = "a fraction above 0 or a count of at least 1" if knob == "limit_train_batches" else \
+                "at least 1 (or -1 for no limit)"
+            raise ConfigError(
+                f"trainer.{knob}=0 trains nothing, and the closing test would score untrained weights; give {knob} "
+                f"{least}, or use litlab test or validate to evaluate a checkpoint."
+            )

@@ -20,7 +20,7 @@ import re
 import shutil
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -85,11 +85,12 @@ def newest_fit(root: Path, task: str | None, job: str | None = None) -> Path | N
 
 @dataclass(frozen=True)
 class Resume:
-    """Where a checkpoint inside a litlab run (`<root>/version_N/checkpoints/`) was saved."""
+    """Where a checkpoint inside a litlab run (`<root>/version_N/checkpoints/`) was saved, and
+    what it holds (read once: the checks before the fit use it)."""
 
     folder: Path  # the run directory
     step: int  # global step
-    epoch: int
+    state: dict = field(repr=False, compare=False)  # the checkpoint's content, as `training_state` read it
 
     def kept(self, row: dict[str, str]) -> bool:
         """Whether a metrics.csv row was logged before this checkpoint was saved, so that the
@@ -119,7 +120,7 @@ def resumed_run(checkpoint: Path) -> Resume | None:
     if checkpoint.parent.name != "checkpoints" or not folder.name.startswith("version_") or not checkpoint.is_file():
         return None
     saved = training_state(checkpoint)
-    return Resume(folder, int(saved["global_step"]), int(saved["epoch"]))
+    return Resume(folder, int(saved["global_step"]), saved)
 
 
 # Run directories claimed by this process, removed again if the run is refused before it trains.

@@ -38,11 +38,12 @@ def one_error_line(code: int, err: str, message: str) -> None:
         (["--config", CNN, "--model.optimizer.lr=1e6"], "The training loss became nan at step"),
         (["--config", CNN, "--trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing, and the closing test"),
         (["--config", CNN, "--trainer.max_steps=0"], "trainer.max_steps=0 trains nothing"),
+        (["--config", CNN, "--trainer.limit_train_batches=0.0"], "trainer.limit_train_batches=0 trains nothing"),
     ],
     ids=[
         "missing-file", "unknown-key", "wrong-type", "no-such-class", "bad-choice", "bad-value", "zero-batch",
         "bad-backbone", "onecycle-without-warmup", "no-checkpoint", "no-last-checkpoint", "negative-lr", "diverging-lr",
-        "zero-epochs", "zero-steps",
+        "zero-epochs", "zero-steps", "zero-train-batches",
     ],
 )
 def test_user_error_is_one_clear_line(litlab_main, monkeypatch, args, message):
