@@ -41,13 +41,15 @@ def split_index(
     index = torch.arange(n)
     if fraction >= 1.0:
         return index, index[:0]
-    if held_out is not None and labels is not None:
-        rest, classes = n - max(round(fraction * n), int(labels.max()) + 1), len(labels.unique())
-        if rest < classes:
-            name, setting = held_out
+    if held_out is not None:
+        name, setting = held_out
+        least = int(labels.max()) + 1 if labels is not None else 1
+        rest = n - max(round(fraction * n), least)
+        classes = len(labels.unique()) if labels is not None else 0
+        if rest < max(classes, 1):
+            why = f"fewer than the {classes} classes, so not one of each" if classes else "so nothing to evaluate on"
             raise ConfigError(
-                f"The {name} split would hold {rest} of {n} samples, fewer than the {classes} classes, so not one of "
-                f"each; raise {setting}, or give more data."
+                f"The {name} split would hold {rest} of {n} samples, {why}; raise {setting}, or give more data."
             )
     if labels is None:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))

@@ -401,6 +401,12 @@ class CaptionedFolderDataModule(CaptionsDataModule):
             len(rest), 1.0 - self.val_fraction / (1.0 - self.test_fraction), self.seed,
             None if stratify is None else stratify[rest], held_out=("validation", "data.val_fraction"),
         )
+        for name, setting, held in (("test", "data.test_fraction", test), ("validation", "data.val_fraction", val)):
+            if len(held) < 2:  # one pair would score a loss of 0 and a recall of 1, whatever the model
+                raise ConfigError(
+                    f"The {name} split would hold {len(held)} of {len(files)} images, and retrieval ranks each caption "
+                    f"among at least 2; raise {setting}, or give more data."
+                )
         load = LoadImage(self.image_size, self.channels)
 
         def split(positions: torch.Tensor, train: bool) -> Captioned:

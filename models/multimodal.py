@@ -191,6 +191,7 @@ class CLIP(Task):
 
     def log_evaluation(self, stage: str) -> None:
         image, text, ids = self.pairs[stage].compute()  # the whole set, gathered from every process
+        ids = ids.reshape(-1)  # torchmetrics returns a set of one pair's (1,) ids squeezed to a scalar
         self.pairs[stage].reset()
         metrics = {f"{stage}/loss": whole_set_clip_loss(image, text, self.scale.detach())}
         for k in (1, 5):

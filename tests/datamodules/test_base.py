@@ -110,6 +110,13 @@ def test_plain_split_is_seeded_disjoint_complete_and_sorted(n, fraction):
         assert not torch.equal(kept, split_index(n, fraction, seed=4)[0])
 
 
+def test_a_held_out_split_left_empty_is_refused_by_its_setting():
+    with pytest.raises(ConfigError, match=r"^The validation split would hold 0 of 3 samples, so nothing to evaluate on; "
+                                          r"raise data.val_fraction, or give more data.$"):
+        split_index(3, 0.9, seed=0, held_out=("validation", "data.val_fraction"))
+    assert [len(side) for side in split_index(3, 0.6, seed=0, held_out=("validation", "data.val_fraction"))] == [2, 1]
+
+
 def test_a_fraction_of_one_keeps_everything():
     kept, rest = split_index(9, 1.0, seed=0)
     assert torch.equal(kept, torch.arange(9)) and len(rest) == 0

@@ -150,7 +150,7 @@ def test_without_labels_zero_shot_needs_class_names(datasets_on_disk, tmp_path):
     datasets_on_disk.captioned_folder(tmp_path, classes=2, per_class=4)
     lines = (tmp_path / "captions.csv").read_text().splitlines()
     (tmp_path / "captions.csv").write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")
-    dm = CaptionedFolderDataModule(str(tmp_path), image_size=8, num_workers=0)
+    dm = CaptionedFolderDataModule(str(tmp_path), image_size=8, num_workers=0, val_fraction=0.25)
     dm.setup("fit")
     assert dm.num_classes is None and not dm.labelled
     assert (dm.train_dataset.dataset.labels == IGNORE_INDEX).all()
@@ -185,3 +185,16 @@ def test_one_image_under_two_names_is_one_image(datasets_on_disk, tmp_path):
     dm = CaptionedFolderDataModule(str(root), image_size=8, num_workers=0)
     dm.setup("fit")
     assert len(dm.train_dataset) + len(dm.val_dataset) + len(dm.test_dataset) == 20
+
+
+def test_a_held_out_split_of_one_image_is_refused_by_its_setting(datasets_on_disk, tmp_path):
+    # Unlabelled (no class count to check against): 12 images, a val_fraction of 0.1 leaves the validation split one.
+    datasets_on_disk.captioned_folder(tmp_path, classes=3, per_class=4)
+    lines = (tmp_path / "captions.csv").read_text().splitlines()
+    (tmp_path / "captions.csv").write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")
+    with pytest.raises(ConfigError, match=r"^The validation split would hold 1 of 12 images, and retrieval ranks each "
+                                          r"caption among at least 2; raise data.val_fraction, or give more data.$"):
+        CaptionedFolderDataModule(str(tmp_path), image_size=16, val_fraction=0.1, test_fraction=0.2).setup("fit")
+    dm = CaptionedFolderDataModule(str(tmp_path), image_size=16, val_fraction=0.2, test_fraction=0.2)
+    dm.setup("fit")
+    assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (8, 2, 2)

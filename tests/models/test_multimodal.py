@@ -42,6 +42,18 @@ def test_recall_counts_a_query_whose_top_k_holds_a_match(monkeypatch):
     assert multimodal.recall_at_k(queries, keys, ids, ids, 2).item() == pytest.approx(4 / 4)
 
 
+def test_an_evaluation_set_of_one_pair_is_scored():
+    # torchmetrics squeezes a one-element state to a scalar; retrieval over the one pair still ranks it first.
+    pairs = multimodal.PairedEmbeddings()
+    pairs.update(torch.ones(1, 4), torch.ones(1, 4), torch.tensor([7]))
+    clip = multimodal.CLIP(**towers())
+    clip.pairs["val"] = pairs
+    logged = {}
+    clip.log_dict = lambda metrics, **kwargs: logged.update(metrics)
+    clip.log_evaluation("val")
+    assert logged["val/i2t_recall@1"].item() == logged["val/t2i_recall@5"].item() == 1.0
+
+
 def test_the_logit_scale_starts_at_one_over_the_temperature_and_is_capped():
     model = CLIP(**towers())
     assert model.scale.item() == pytest.approx(1 / 0.07)
