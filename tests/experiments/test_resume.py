@@ -278,6 +278,9 @@ def test_a_resumed_fit_continues_its_run_directory_and_its_wandb_run(litlab, wan
     # A second epoch: a change of the run's length, which a resume takes only when told to.
     resumed = litlab("fit", "--config", mlp, "--trainer.max_epochs=2", "--ckpt_path=last", "--allow_changes=true", *quiet)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    # mlp.yaml's cosine schedule was sized for one epoch: the line says it is not stretched to two.
+    assert ("The learning-rate schedule is not re-planned for the new length (trainer.max_epochs): it keeps the steps "
+            "it was planned with.") in resumed.stdout + resumed.stderr
     changes = yaml.safe_load((tmp_path / "runs" / "digits-mlp" / "version_0" / "changes.yaml").read_text())
     assert changes == [{"step": 20, "changed": {"trainer.max_epochs": {"from": 1, "to": 2}}}]
     assert [p.name for p in (tmp_path / "runs" / "digits-mlp").iterdir()] == ["version_0"]
