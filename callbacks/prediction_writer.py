@@ -7,11 +7,23 @@ import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
+from models.contract import IGNORE_INDEX
+
+TOP_K = 5  # the classes named in each row's top_k column
+
+
+def class_names(datamodule: object, count: int) -> list[str]:
+    """The data's class names in its label order, else the labels' numbers."""
+    names = getattr(datamodule, "classes", None)
+    return [str(name) for name in names] if names is not None and len(names) == count else [str(c) for c in range(count)]
+
 
 class CSVPredictionWriter(BasePredictionWriter):
-    """Columns: `index` (position in the predict dataset), `target` when the data has labels,
-    `pred`, and one `prob_<class>` column per class; for a language model, `index`, `prompt`
-    and `continuation`.
+    """Columns: `index` (position in the predict dataset), `input` (the file predicted on, for
+    `--inputs`), `target` when the data has labels (empty for an unlabelled sample), `pred`,
+    its probability `prob`, `top_k` (the most likely classes with their probabilities), and one
+    `prob_<class>` column per class, classes by name in the data's label order; for a language
+    model, `index`, `prompt` and `continuation`.
 
     `path` defaults to `predictions.csv` in the run's log directory. Under DDP each rank writes
     its share to `<stem>.rank<R>.csv`; the `index` column says where every row belongs.
@@ -34,21 +46,28 @@ class CSVPredictionWriter(BasePredictionWriter):
         # Indices always come per dataloader; predictions are flat for a single dataloader.
         if predictions and isinstance(predictions[0], dict):
             predictions = [predictions]
+        datamodule = getattr(trainer, "datamodule", None)
+        inputs = getattr(datamodule, "predict_names", None)
         rows = []
         for dl_predictions, dl_indices in zip(predictions, batch_indices or [[]] * len(predictions)):
             for b, batch in enumerate(dl_predictions):
                 if "continuation" in batch:  # a language model continued one prompt (unbatched: no sampler indices)
                     rows.append({"index": b, **batch})
                     continue
-                indices = dl_indices[b]
                 probs = batch["probs"].float().cpu()
+                names = class_names(datamodule, probs.shape[1])
+                top = probs.topk(min(TOP_K, probs.shape[1]), dim=1)
                 target = batch.get("target")
-                for i, index in enumerate(indices):
+                for i, index in enumerate(dl_indices[b]):
                     row = {"index": int(index)}
+                    if inputs is not None:
+                        row["input"] = inputs[int(index)]
                     if target is not None:
-                        row["target"] = int(target[i])
-                    row["pred"] = int(batch["pred"][i])
-                    row.update({f"prob_{c}": f"{p:.6f}" for c, p in enumerate(probs[i].tolist())})
+                        row["target"] = "" if int(target[i]) == IGNORE_INDEX else names[int(target[i])]
+                    pred = int(batch["pred"][i])
+                    row.update(pred=names[pred], prob=f"{float(probs[i, pred]):.6f}", top_k="; ".join(
+                        f"{names[c]} {p:.3f}" for c, p in zip(top.indices[i].tolist(), top.values[i].tolist())))
+                    row.update({f"prob_{name}": f"{p:.6f}" for name, p in zip(names, probs[i].tolist())})
                     rows.append(row)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as f:

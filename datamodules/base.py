@@ -353,5 +353,15 @@ class DataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._exact(self.test_dataset)
 
+    # ---- prediction ----
+
+    predict_names: list[str] | None = None  # what each new input is called (a file, a text), once read_inputs ran
+
+    def read_inputs(self, path: str) -> None:
+        """Predict on the new inputs `path` names instead of the test split (`litlab predict --inputs`)."""
+        raise ConfigError(
+            f"{type(self).__name__} cannot read new inputs to predict on; leave out --inputs to predict on its test split."
+        )
+
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_dataset)

@@ -35,7 +35,8 @@ from datamodules.base import BatchScope, Splits, split_index
 from models.contract import IGNORE_INDEX, Batch
 from datamodules.digits import digits_splits
 from datamodules.files import inside
-from datamodules.folder import IMAGENET_MEAN, IMAGENET_STD, CheckedFiles, LoadImage
+from datamodules.folder import IMAGENET_MEAN, IMAGENET_STD
+from datamodules.inputs import CheckedFiles, LoadImage
 from datamodules.images import ImageDataModule
 from models.run_state import SeedKey, derived_seed, run_seed
 from datamodules.text import read_utf8

@@ -55,6 +55,10 @@ class DigitsDataModule(ImageDataModule):
     def input_shape(self) -> tuple[int, ...]:
         return (8, 8) if self.sequence else (1, 8, 8)
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (1, 8, 8)
+
     def load(self) -> Splits:
         images, labels, (train, val, test) = digits_splits(self.val_fraction, self.test_fraction, self.seed)
         # Statistics of the training split only, so val and test stay unseen.

@@ -15,50 +15,17 @@ from typing import Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from PIL import Image
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.io import ImageReadMode, decode_image
-from torchvision.transforms import v2
 
 from datamodules.base import BatchScope, Splits, Unlabelled, split_index, subset
 from datamodules.files import files_under, subfolders, warn_skipped
+from datamodules.inputs import CheckedFiles, LoadImage
 from models.contract import Batch
 from datamodules.images import ImageDataModule
 from datamodules.transforms import Augmentation
 from models.errors import check_positive
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-class LoadImage:
-    """Path -> uint8 (C, H, W) at `size`: the short side resized, then centre-cropped square."""
-
-    def __init__(self, size: int, channels: int) -> None:
-        self.mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
-        self.resize = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
-
-    def __call__(self, path: str) -> torch.Tensor:
-        return self.resize(decode_image(path, mode=self.mode))
-
-
-class CheckedFiles:
-    """`is_valid_file` for ImageFolder: keeps readable images, remembers what it skipped and why."""
-
-    def __init__(self) -> None:
-        self.skipped: list[str] = []
-
-    def __call__(self, path: str) -> bool:
-        if not path.lower().endswith(IMG_EXTENSIONS):
-            self.skipped.append(f"{path} (not an image)")
-            return False
-        try:
-            with Image.open(path) as image:
-                image.verify()
-        except Exception as err:  # PIL raises many types for a broken file; all mean "unreadable"
-            self.skipped.append(f"{path} (unreadable: {type(err).__name__})")
-            return False
-        return True
 
 
 class Samples(torch.utils.data.Dataset):

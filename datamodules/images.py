@@ -10,9 +10,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import BatchScope, DataModule, TensorSamples, Unlabelled
+from datamodules.inputs import ImageFiles, LoadImage, image_inputs
 from models.contract import Batch
 from models.run_state import derived_seed, gather_per_rank, own_state, run_seed
 from datamodules.transforms import Augmentation, BatchAugment, per_sample_transform
@@ -101,8 +102,27 @@ class ImageDataModule(DataModule):
         raise NotImplementedError
 
     @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """The shape (C, H, W) of one image as loaded, before `reshape`: new inputs are read at it."""
+        if self.reshape is not None:
+            raise NotImplementedError(f"{type(self).__name__} reshapes its images, so it must define image_shape.")
+        return self.input_shape
+
+    @property
     def example_input(self) -> torch.Tensor:
         return torch.zeros(2, *self.input_shape)
+
+    def read_inputs(self, path: str) -> None:
+        """Predict on the images `path` names (see `datamodules.inputs`) instead of the test split."""
+        self.predict_names = image_inputs(path)
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.predict_names is None:
+            return super().predict_dataloader()
+        channels, height, width = self.image_shape
+        if height != width:
+            raise NotImplementedError(f"{type(self).__name__} reads square images only; its images are {height}x{width}.")
+        return self._loader(self.transform(ImageFiles(self.predict_names, LoadImage(height, channels)), train=False))
 
     def record_augment(self) -> None:
         """Keep the recipe in the hyperparameters as a plain dict: checkpoints then hold no

@@ -235,9 +235,16 @@ class TextDataModule(DataModule):
         self.bytes_per_split = {name: end - start for name, (start, end) in bounds.items()}
         return Splits(train=train, val=val, test=test)
 
+    def read_inputs(self, path: str) -> None:
+        """Continue the prompts in `path`, one a line: `--inputs` stands for `--data.prompts_file`."""
+        if not Path(path).is_file():
+            raise ConfigError(f"--inputs {path} is not a file; give a UTF-8 text file of prompts, one a line.")
+        self.prompts_file = path
+
     def predict_dataloader(self) -> DataLoader:
         if self.prompts_file is None:
-            raise ConfigError("litlab predict on text continues prompts: give --data.prompts_file, one prompt per line.")
+            raise ConfigError("litlab predict on text continues prompts: give --inputs prompts.txt (or "
+                              "--data.prompts_file), one prompt per line.")
         lines = read_utf8(Path(self.prompts_file)).splitlines()
         prompts = [{"prompt": line, "input": encode(line)} for line in lines if line.strip()]
         if not prompts:

@@ -67,6 +67,35 @@ def read_records(path: Path) -> list[tuple[str, str]]:
     return records
 
 
+def read_texts(path: str | Path) -> list[str]:
+    """The texts to classify in `path`: a CSV with a `text` column, a JSON Lines file of
+    {"text": ...}, or a .txt file of one text a line (blank lines left out); labels are ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--inputs {path} is not a file; give a .csv with a text column, a .jsonl of "
+                          '{"text": ...}, or a .txt of one text a line.')
+    content = read_utf8(path)
+    if path.suffix == ".jsonl":
+        texts = []
+        for number, line in enumerate(content.splitlines(), 1):
+            if line.strip():
+                try:
+                    texts.append(str(json.loads(line)["text"]))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise ConfigError(f"{path} line {number} is not a JSON object with a text.") from None
+    elif path.suffix == ".csv":
+        rows = csv.DictReader(content.splitlines())
+        if "text" not in (rows.fieldnames or []):
+            raise ConfigError(f"{path} needs a header with a text column; it has {rows.fieldnames}.")
+        texts = [row["text"] for row in rows]
+    else:
+        texts = [line for line in content.splitlines() if line.strip()]
+    texts = [text for text in texts if text and text.strip()]
+    if not texts:
+        raise ConfigError(f"--inputs {path} holds no text to classify.")
+    return texts
+
+
 class TextClassificationDataModule(DataModule):
     """source: None for the embedded task, or a .csv / .jsonl file of labelled texts."""
 
@@ -121,6 +150,16 @@ class TextClassificationDataModule(DataModule):
     @property
     def example_input(self) -> torch.Tensor:
         return torch.zeros(2, self.max_len, dtype=torch.long)
+
+    def read_inputs(self, path: str) -> None:
+        """Classify the texts `path` holds (see `read_texts`) instead of the test split."""
+        self.predict_names = read_texts(path)
+
+    def predict_dataloader(self):
+        if self.predict_names is None:
+            return super().predict_dataloader()
+        tokens, padding = tokenize([text.encode("utf-8") for text in self.predict_names], self.max_len)
+        return self._loader(TensorSamples(input=tokens, padding_mask=padding))
 
     def load(self) -> Splits:
         index = {name: i for i, name in enumerate(self.classes)}

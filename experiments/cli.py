@@ -206,6 +206,10 @@ class LitlabCLI(LightningCLI):
         self._check_checkpoint()
 
     def before_predict(self) -> None:
+        if not is_overridden("predict_step", self.model):  # Lightning's default would call forward on a batch dict
+            name = type(self.model).__name__
+            raise ConfigError(f"{name} has no predict_step, so litlab predict cannot run it; score it with litlab test, "
+                              f"or give {name} a predict_step that returns what each sample's row should hold.")
         self._check_checkpoint()
 
     def _check_checkpoint(self) -> None:

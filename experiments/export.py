@@ -223,6 +223,29 @@ class LitlabTrainer(Trainer):
         """
         super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
 
+    def predict(
+        self,
+        model: LightningModule | None = None,
+        dataloaders=None,
+        datamodule: LightningDataModule | None = None,
+        return_predictions: bool | None = None,
+        ckpt_path: str | None = None,
+        weights_only: bool | None = None,
+        inputs: str | None = None,
+    ):
+        """Predict on the test split, or on new inputs; the rows go to predictions.csv in the run.
+
+        Args:
+            ckpt_path: the checkpoint to predict with (a .ckpt file, a run folder, or last).
+            inputs: new data to predict on instead of the test split: for image data an image
+                folder, an image file, or a .txt list of image paths (relative to the list's folder).
+        """
+        if inputs is not None:
+            if datamodule is None or not hasattr(datamodule, "read_inputs"):
+                raise ConfigError("--inputs needs a litlab DataModule to read them; give data: in the config.")
+            datamodule.read_inputs(inputs)
+        return super().predict(model, dataloaders, datamodule, return_predictions, ckpt_path, weights_only)
+
     def export(
         self,
         model: LightningModule,

@@ -114,11 +114,12 @@ def read_confusion(folder: Path) -> tuple[list[str], list[list[int]]] | None:
         with path.open(newline="") as f:
             rows = [r for r in csv.DictReader(f) if r.get("target") not in (None, "", "-100") and r.get("pred")]
         if rows:
-            count = max(len([k for k in rows[0] if k.startswith("prob_")]), 1)
-            matrix = [[0] * count for _ in range(count)]
+            names = [key.removeprefix("prob_") for key in rows[0] if key.startswith("prob_")]  # the data's label order
+            index = {name: c for c, name in enumerate(names)}
+            matrix = [[0] * len(names) for _ in names]
             for r in rows:
-                matrix[int(r["target"])][int(r["pred"])] += 1
-            return [str(c) for c in range(count)], matrix
+                matrix[index[r["target"]]][index[r["pred"]]] += 1
+            return names, matrix
     return None
 
 

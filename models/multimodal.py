@@ -210,6 +210,6 @@ class CLIP(Task):
         image = self.encode_image(field(batch, "input", "CLIP"))
         probs = (self.scale * image @ self.class_embeddings.T).softmax(dim=-1)  # (B, C)
         out = {"pred": probs.argmax(dim=-1), "probs": probs}
-        if getattr(self.trainer.datamodule, "labelled", False):
+        if "target" in batch and getattr(self.trainer.datamodule, "labelled", False):  # new files carry none
             out["target"] = batch["target"]
         return out

@@ -27,3 +27,18 @@ def test_each_rank_writes_its_own_share(tmp_path):
     trainer = SimpleNamespace(world_size=2, global_rank=1, log_dir=str(tmp_path))
     CSVPredictionWriter(path=str(tmp_path / "out.csv")).write_on_epoch_end(trainer, None, *predictions())
     assert (tmp_path / "out.rank1.csv").exists() and not (tmp_path / "out.csv").exists()
+
+
+def test_rows_name_the_input_and_the_classes_in_the_datas_order(tmp_path):
+    batches, indices = predictions()
+    batches[1]["target"] = torch.tensor([-100])  # an unlabelled sample
+    data = SimpleNamespace(classes=["zebra", "ant"], predict_names=[f"img{i}.png" for i in range(10)])
+    trainer = SimpleNamespace(world_size=1, global_rank=0, log_dir=str(tmp_path), datamodule=data)
+    CSVPredictionWriter().write_on_epoch_end(trainer, None, batches, indices)
+    rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
+    assert list(rows[0]) == ["index", "input", "target", "pred", "prob", "top_k", "prob_zebra", "prob_ant"]
+    assert [(r["input"], r["target"], r["pred"], r["prob"]) for r in rows] == [
+        ("img4.png", "zebra", "zebra", "0.900000"), ("img7.png", "zebra", "ant", "0.800000"),
+        ("img9.png", "", "zebra", "0.600000")]
+    assert rows[1]["top_k"] == "ant 0.800; zebra 0.200"
+

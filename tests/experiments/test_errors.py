@@ -317,3 +317,21 @@ def test_a_damaged_file_is_one_line_at_every_entry_point(litlab_main, monkeypatc
     one_error_line(code, err, message)
     assert sorted(p.name for p in Path("runs/digits-mlp").iterdir()) == ["version_0"]
     assert sorted(p.name for p in folder.parent.iterdir()) == ["checkpoints", "metrics.csv"]  # nothing added
+
+
+@pytest.mark.slow
+def test_predict_mistakes_are_one_line(litlab_main, monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert litlab_main("fit", "--config", MLP_YAML, "--trainer.max_steps=1")[0] == 0
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "list.txt").write_text("../secret.png\n")
+    run = "runs/digits-mlp/version_0"
+    for args, message in [
+        (["--config", SIMCLR_YAML, "--ckpt_path", run],
+         "SimCLR has no predict_step, so litlab predict cannot run it; score it with litlab test"),
+        (["--config", MLP_YAML, "--ckpt_path", run, "--inputs", "nowhere"],
+         "--inputs nowhere does not exist; give an image folder, an image file, or a .txt list of image paths."),
+        (["--config", MLP_YAML, "--ckpt_path", run, "--inputs", str(tmp_path / "in" / "list.txt")],
+         "list.txt line 1 names ../secret.png, which lies outside"),
+    ]:
+        one_error_line(*litlab_main("predict", *args)[::2], message)

@@ -6,6 +6,7 @@ import csv
 
 import pytest
 import torch
+from torchvision.io import write_png
 
 from experiments.cli import DEFAULTS
 
@@ -21,7 +22,7 @@ def chance_recall(caption_ids: torch.Tensor) -> float:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_clip_classifies_held_out_digits_zero_shot_and_retrieves_far_above_chance(cli, seed):
+def test_clip_classifies_held_out_digits_zero_shot_and_retrieves_far_above_chance(cli, seed, tmp_path):
     # Measured test zero-shot accuracy of this recipe: 93.3%, 91.7% and 96.7% for seeds 0, 1, 2 (README).
     run = cli("fit", "--config", CLIP_YAML, f"--seed_everything={seed}")
     metrics = run.trainer.callback_metrics
@@ -38,6 +39,27 @@ def test_clip_classifies_held_out_digits_zero_shot_and_retrieves_far_above_chanc
         assert len(rows) == len(run.datamodule.test_dataset)
         accuracy = sum(row["pred"] == row["target"] for row in rows) / len(rows)
         assert accuracy == pytest.approx(float(metrics["test/zeroshot_acc"]), abs=1e-6)
+        # New image files, against the same class prompts: each row names its file and its class by word,
+        # with the model's own zero-shot probabilities.
+        folder = tmp_path / "new"
+        folder.mkdir()
+        images = run.datamodule.test_dataset.dataset
+        pixels = {}
+        for i in range(3):
+            image = (images[i]["input"] * 255).round().to(torch.uint8)  # (1, 8, 8) in [0, 1] before normalising
+            write_png(image, str(folder / f"{i}.png"))
+            pixels[str(folder / f"{i}.png")] = image
+        new = cli("predict", "--config", CLIP_YAML, "--ckpt_path", checkpoint, "--inputs", str(folder))
+        with open(f"{new.trainer.log_dir}/predictions.csv") as f:
+            rows = list(csv.DictReader(f))
+        model, data = new.model.eval(), new.datamodule
+        assert [row["input"] for row in rows] == sorted(pixels) and "target" not in rows[0]
+        for row in rows:
+            x = ((pixels[row["input"]].float() / 255 - data.mean[0]) / data.std[0])[None]
+            with torch.no_grad():
+                probs = (model.scale * model.encode_image(x) @ model.class_embeddings.T).softmax(-1)[0]
+            assert row["pred"] == data.classes[int(probs.argmax())]
+            assert [float(row[f"prob_{name}"]) for name in data.classes] == pytest.approx(probs.tolist(), abs=1e-5)
         # The image tower as pretraining: a linear probe on it with 5% of the labels (63 images),
         # against the digits fine-tuning recipe trained from random weights. Measured: 97.5% against 90.8%.
         def finetuned(*args: str) -> float:
