@@ -15,7 +15,7 @@ from typing import Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
@@ -25,6 +25,7 @@ from models.run_state import batches_done, run_seed
 from models.errors import ConfigError
 
 Unlabelled = Literal["drop", "keep"]
+MIN_LABELS_PER_CLASS = 5  # a label_fraction keeping fewer of some class warns
 BatchScope = Literal["device", "global"]
 
 
@@ -240,10 +241,13 @@ class DataModule(L.LightningDataModule):
         labelled, unlabelled = split_index(len(train), self.label_fraction, self.seed, labels)
         if self.label_fraction < 1.0:
             counts = labels[labelled].unique(return_counts=True)[1]
-            rank_zero_info(
-                f"label_fraction {self.label_fraction} keeps {len(labelled)} of {len(train)} training labels "
-                f"({int(counts.min())} to {int(counts.max())} per class; at least one of each class)."
-            )
+            kept = (f"label_fraction {self.label_fraction} keeps {len(labelled)} of {len(train)} training labels "
+                    f"({int(counts.min())} to {int(counts.max())} per class; at least one of each class)")
+            if int(counts.min()) < MIN_LABELS_PER_CLASS:
+                rank_zero_warn(f"{kept}: fewer than {MIN_LABELS_PER_CLASS} of some class, too few to learn it "
+                               "reliably; raise data.label_fraction, or leave it at 1 to train on every label.")
+            else:
+                rank_zero_info(f"{kept}.")
         self.labelled_dataset = subset(train, labelled)  # raw labelled samples, e.g. for a reference set
         # The samples whose labels label_fraction set aside, for semi-supervised recipes.
         aside = subset(train, unlabelled)

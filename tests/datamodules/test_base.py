@@ -367,6 +367,11 @@ def test_a_batch_larger_than_the_training_split_is_reported_as_the_batch_it_real
 
 def test_a_label_fraction_says_how_many_labels_it_kept_per_class(caplog):
     dm = Features(label_fraction=0.01)  # 1% of 108 rounds to 1 label, raised to one of each of 3 classes
+    with pytest.warns(UserWarning, match=r"^label_fraction 0.01 keeps 3 of 108 training labels \(1 to 1 per class; at "
+                                         r"least one of each class\): fewer than 5 of some class, too few to learn it"):
+        dm.setup("fit")
+    dm = Features(label_fraction=0.5)
     with caplog.at_level(logging.INFO):
         dm.setup("fit")
-    assert "label_fraction 0.01 keeps 3 of 108 training labels (1 to 1 per class; at least one of each class)" in caplog.text
+    assert "label_fraction 0.5 keeps 54 of 108 training labels (18 to 18 per class; at least one of each class)." \
+        in caplog.text

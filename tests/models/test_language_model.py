@@ -123,8 +123,8 @@ def test_a_short_pretraining_beats_zlib_on_held_out_text_and_pays_off_in_few_lab
     # gpt_finetune.yaml at this size: 5% of the labels (245 passages of 64 bytes), four classes
     # (chance 25%), 5 epochs; the pretrained weights against the same recipe from scratch.
     checkpoint = gpt.trainer.checkpoint_callback.best_model_path
-    narrow = [*size, "--data.max_len=64", "--trainer.max_epochs=5", "--trainer.check_val_every_n_epoch=5",
-              "--model.optimizer.init_args.lr=0.006"]
+    narrow = [*size, "--data.max_len=64", "--data.label_fraction=0.05", "--trainer.max_epochs=5",
+              "--trainer.check_val_every_n_epoch=5", "--model.optimizer.init_args.lr=0.006"]
     scratch, pretrained = [], []
     for seed in (0, 1, 2):
         finetune = ["fit", "--config", str(TEXT / "gpt_finetune.yaml"), *narrow, f"--seed_everything={seed}"]
