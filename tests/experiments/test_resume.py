@@ -244,7 +244,7 @@ def test_a_fit_killed_and_preempted_at_random_moments_resumes_bit_identical(tmp_
     # Per-sample augmentation in two worker processes, dropout, a cosine schedule; 20 steps an epoch.
     # A Ctrl-C (SIGINT) is a preemption by hand: it stops, saves and resumes as SIGTERM does.
     signals = [signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGKILL]
-    flags = ["--trainer.max_epochs=8", "--data.num_workers=2", "--model.backbone.dropout=0.2"]
+    flags = ["--trainer.max_epochs=6", "--data.num_workers=2", "--model.backbone.dropout=0.2"]
     outcomes = kill_and_resume(tmp_path, "cnn_augment", flags, signals, every=5, seed=0)
     assert [o.split()[0] for o in outcomes] == ["SIGKILL", "SIGTERM", "SIGINT", "SIGUSR1", "SIGKILL"], outcomes
 
@@ -252,7 +252,7 @@ def test_a_fit_killed_and_preempted_at_random_moments_resumes_bit_identical(tmp_
 @pytest.mark.slow
 def test_simclr_killed_at_random_moments_resumes_bit_identical(tmp_path):
     # Two views augmented on the device from the DataModule's generator; 10 steps an epoch.
-    flags = ["--trainer.max_epochs=8", "--data.batch_size=128"]
+    flags = ["--trainer.max_epochs=6", "--data.batch_size=128"]
     outcomes = kill_and_resume(tmp_path, "simclr", flags, [signal.SIGKILL] * 4, every=3, seed=1)
     assert len(outcomes) == 4 and all("SIGKILL" in o for o in outcomes)
 
@@ -260,7 +260,7 @@ def test_simclr_killed_at_random_moments_resumes_bit_identical(tmp_path):
 @pytest.mark.slow
 def test_a_ddp_fit_killed_at_random_moments_resumes_bit_identical(tmp_path):
     # Two gloo processes, each with its own random state and its half of every batch.
-    flags = ["--trainer.max_epochs=4", "--data.num_workers=1", "--model.backbone.dropout=0.2",
+    flags = ["--trainer.max_epochs=3", "--data.num_workers=1", "--model.backbone.dropout=0.2",
              "--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2"]
     # SIGTERM to the whole process group, as SLURM and cloud schedulers send it before they kill a
     # job; then to the second process alone: every process stops at the step they agree on.
