@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXPERIMENT ?= experiments/digits/cnn.yaml
 
-.PHONY: train test test-fast bench clean
+.PHONY: train test test-fast test-backbone bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 # Everything not marked slow (no learning claims, no chains of fits, no subprocess runs): the tier for iteration.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n auto -m "not slow"
+
+# The backbone shape and gradient tests on a backbone of your own: make test-backbone BACKBONE=my_nets[:Class]
+test-backbone: $(STAMP)
+	$(BIN)/python -m pytest tests/models/backbones/test_backbones.py -k registered --backbone=$(BACKBONE)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/digits.py

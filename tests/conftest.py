@@ -8,6 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--backbone", action="append", default=[], metavar="MODULE[:CLASS]",
+                     help="also run the backbone shape and gradient tests on a backbone of your own, outside "
+                          "litlab (importable; repeatable): tests/models/backbones/test_backbones.py")
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run each test in a fresh directory with W&B offline and no W&B credentials."""

@@ -1,5 +1,7 @@
 """Every registered backbone on every input kind it declares, then behaviour per backbone."""
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
@@ -7,13 +9,43 @@ from torch import nn
 from models.backbones import BACKBONES, CNN, MLP, RNN, Transformer
 
 SHAPES = {"image": [(2, 3, 16, 16), (2, 1, 8, 8)], "sequence": [(2, 8, 8)], "tokens": [(2, 8)]}
-CASES = [
-    pytest.param(cls, kwargs, kind, shape, id=f"{name}-{kind}{i}-{'x'.join(map(str, shape))}")
-    for name, cls in BACKBONES.items()
-    for kind, examples in cls.examples.items()
-    for i, kwargs in enumerate(examples)
-    for shape in SHAPES[kind]
-]
+CASE = ("cls", "kwargs", "kind", "shape")
+
+
+def named_backbones(specs: list[str]) -> dict[str, type[nn.Module]]:
+    """The backbones `pytest --backbone` names, outside litlab: `package.module` (its classes that
+    `@register` records) or `package.module:Class` (that class, registered or given `examples`)."""
+    found = {}
+    for spec in specs:
+        module_name, _, name = spec.partition(":")
+        module = importlib.import_module(module_name)
+        if name:
+            cls = getattr(module, name, None)
+            if not isinstance(cls, type) or not getattr(cls, "examples", None):
+                raise pytest.UsageError(f"--backbone {spec}: {name} is not a class with examples; decorate it with "
+                                        "@models.backbones.register(image={...}) (or sequence=, tokens=).")
+            found[name] = cls
+        else:
+            registered = {key: cls for key, cls in BACKBONES.items() if cls.__module__ == module.__name__}
+            found |= registered
+            if not registered:
+                raise pytest.UsageError(f"--backbone {spec}: the module registers no backbone; decorate one with "
+                                        "@models.backbones.register(image={...}), or name it as module:Class.")
+    return found
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every registered backbone, and those named with --backbone, on every input kind each declares."""
+    if not set(CASE) <= set(metafunc.fixturenames):
+        return
+    backbones = {**BACKBONES, **named_backbones(metafunc.config.getoption("backbone"))}
+    metafunc.parametrize(CASE, [
+        pytest.param(cls, kwargs, kind, shape, id=f"{name}-{kind}{i}-{'x'.join(map(str, shape))}")
+        for name, cls in backbones.items()
+        for kind, examples in cls.examples.items()
+        for i, kwargs in enumerate(examples)
+        for shape in SHAPES[kind]
+    ])
 
 
 def make_input(kind: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -21,7 +53,6 @@ def make_input(kind: str, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randint(0, 10, shape) if kind == "tokens" else torch.randn(shape)
 
 
-@pytest.mark.parametrize(("cls", "kwargs", "kind", "shape"), CASES)
 def test_registered_backbone_gives_features_and_gradients(
     cls: type[nn.Module], kwargs: dict, kind: str, shape: tuple[int, ...]
 ) -> None:
@@ -38,7 +69,6 @@ def test_registered_backbone_gives_features_and_gradients(
         assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
 
 
-@pytest.mark.parametrize(("cls", "kwargs", "kind", "shape"), CASES)
 def test_registered_backbone_gives_unpooled_features_that_pool_to_forward(
     cls: type[nn.Module], kwargs: dict, kind: str, shape: tuple[int, ...]
 ) -> None:
