@@ -35,6 +35,8 @@ from models.errors import ConfigError
 
 DEFAULTS = Path(__file__).with_name("defaults.yaml")
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "export")
+DESCRIPTION = ("litlab: train, evaluate, predict with and export the models of YAML experiments "
+               "(litlab fit --config experiments/digits/cnn.yaml). A run's plots and summary: litlab report RUN_FOLDER.")
 
 
 def wandb_logged_in() -> bool:
@@ -75,7 +77,7 @@ class LitlabCLI(LightningCLI):
             # Checkpoints are loaded by the configuration that names the model, never rebuilt from
             # what they hold, so Lightning need not save the config into the model's hyperparameters.
             load_from_checkpoint_support=False,
-            parser_kwargs={sub: {"default_config_files": [str(DEFAULTS)]} for sub in SUBCOMMANDS},
+            parser_kwargs={"description": DESCRIPTION, **{sub: {"default_config_files": [str(DEFAULTS)]} for sub in SUBCOMMANDS}},
             args=args,
             **kwargs,
         )

@@ -223,6 +223,38 @@ class LitlabTrainer(Trainer):
         """
         super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
 
+    def validate(
+        self,
+        model: LightningModule | None = None,
+        dataloaders=None,
+        ckpt_path: str | None = None,
+        verbose: bool = True,
+        datamodule: LightningDataModule | None = None,
+        weights_only: bool | None = None,
+    ):
+        """Score a checkpoint on the validation split; the metrics go to the run's validate/ folder.
+
+        Args:
+            ckpt_path: the checkpoint to score (a .ckpt file, a run folder, or last).
+        """
+        return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+
+    def test(
+        self,
+        model: LightningModule | None = None,
+        dataloaders=None,
+        ckpt_path: str | None = None,
+        verbose: bool = True,
+        datamodule: LightningDataModule | None = None,
+        weights_only: bool | None = None,
+    ):
+        """Score a checkpoint on the test split; the metrics go to the run's test/ folder.
+
+        Args:
+            ckpt_path: the checkpoint to score (a .ckpt file, a run folder, or last).
+        """
+        return super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+
     def predict(
         self,
         model: LightningModule | None = None,

@@ -1,6 +1,7 @@
 """A user's mistake gets one clear line naming it, no traceback, and a non-zero exit; a bug
 in litlab's own code keeps its traceback."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -335,3 +336,18 @@ def test_predict_mistakes_are_one_line(litlab_main, monkeypatch, tmp_path):
          "list.txt line 1 names ../secret.png, which lies outside"),
     ]:
         one_error_line(*litlab_main("predict", *args)[::2], message)
+
+
+def test_help_names_every_command_in_a_whole_sentence(litlab_main):
+    code, out, _ = litlab_main("--help")
+    assert code == 0 and "litlab report RUN_FOLDER" in out
+    described, name = {}, None
+    for line in out.split("Available subcommands:")[1].splitlines():
+        if re.match(r"^    \S", line):  # a command, then the start of its description
+            name, _, text = line.strip().partition(" ")
+            described[name] = text.strip()
+        elif name and line.strip():
+            described[name] += " " + line.strip()
+    assert set(described) == {"fit", "validate", "test", "predict", "export"}
+    for command, text in described.items():  # whole sentences: Lightning's own stopped mid-sentence
+        assert text[0].isupper() and text.endswith("."), (command, text)
