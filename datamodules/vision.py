@@ -143,6 +143,7 @@ class VisionDataModule(ImageDataModule):
         images = torch.as_tensor(ds.data)
         # MNIST stores (N, H, W), CIFAR (N, H, W, C); both become (N, C, H, W) uint8.
         images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2).contiguous()
+        self.classes = list(ds.classes)  # the dataset's own names, in label order ("airplane", "0 - zero", ...)
         return TensorSamples(input=images, target=torch.as_tensor(ds.targets, dtype=torch.long))
 
     def load(self) -> Splits:

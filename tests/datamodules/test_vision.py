@@ -20,6 +20,7 @@ def test_mnist_idx_files_are_read(datasets_on_disk, tmp_path, name, folder):
     datasets_on_disk.mnist(tmp_path, folder)
     dm = loaded(dataset=name, root=str(tmp_path))
     assert (dm.num_classes, dm.input_shape) == (10, (1, 28, 28))
+    assert len(dm.classes) == 10 and dm.classes[0] in ("0 - zero", "T-shirt/top")  # torchvision's names
     assert len(dm.train_dataset) + len(dm.val_dataset) == 200 and len(dm.test_dataset) == 100
     batch = next(iter(dm.test_dataloader()))
     x, y = batch["input"], batch["target"]
@@ -39,6 +40,7 @@ def test_cifar_pickle_batches_are_read_in_channel_order(datasets_on_disk, tmp_pa
     datasets_on_disk.cifar(tmp_path, classes, n_per_batch=per_batch)
     dm = loaded(dataset=f"cifar{classes}", root=str(tmp_path))
     assert (dm.num_classes, dm.input_shape) == (classes, (3, 32, 32))
+    assert dm.classes == [f"class{c}" for c in range(classes)]  # the names in the meta file, in label order
     train_files = len(CIFAR10.train_list) if classes == 10 else 1
     assert len(dm.train_dataset) + len(dm.val_dataset) == train_files * per_batch and len(dm.test_dataset) == 100
     raw = dm.load().test
