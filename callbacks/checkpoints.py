@@ -169,10 +169,10 @@ class LatestCheckpoint(L.Callback):
         checkpoint_io = trainer.strategy.checkpoint_io
         if hold and isinstance(checkpoint_io, AtomicCheckpointIO):
             with checkpoint_io.holding():
-                trainer.save_checkpoint(path)  # on every rank: a collective under distributed strategies
+                trainer.save_checkpoint(path, weights_only=False)  # on every rank: a collective under distributed strategies
             self._held = path
             return
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
         self._link(trainer, path)
 
     def _write_held(self, trainer: L.Trainer) -> None:
