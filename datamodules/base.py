@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from models.contract import IGNORE_INDEX, Batch
 from datamodules.sampling import EachOnce, EpochOrder, ResumableLoader
+from datamodules.workers import start_server, worker_context
 from models.run_state import batches_done, run_seed
 from models.errors import ConfigError
 
@@ -221,6 +222,8 @@ class DataModule(L.LightningDataModule):
     # ---- splits ----
 
     def setup(self, stage: str | None = None) -> None:
+        if self.num_workers:
+            start_server(self.world_size)
         if not hasattr(self, "train_dataset"):
             self._split()
         if stage == "fit":
@@ -316,6 +319,7 @@ class DataModule(L.LightningDataModule):
             # global one, which dropout and the task's other draws then have to themselves.
             generator=torch.Generator().manual_seed(self.seed),
             worker_init_fn=leave_stopping_to_the_trainer if self.num_workers else None,
+            multiprocessing_context=worker_context(self.world_size) if self.num_workers else None,
             **kwargs,
         )
 
