@@ -7,11 +7,12 @@ the running workers with it, since a worker exits when its parent does, before t
 finish its step and save. It ends when its training process does, however that one ends.
 """
 
+import importlib
 import signal
 import traceback
 from multiprocessing import forkserver
 
-import datamodules  # noqa: F401  the DataModules, their datasets and transforms, and torch
+importlib.import_module("datamodules")  # the DataModules, their datasets and transforms, and torch
 
 if any(frame.filename == forkserver.__file__ and frame.name == "main" for frame in traceback.extract_stack()):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

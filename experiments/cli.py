@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-import wandb
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
@@ -27,7 +26,7 @@ from experiments.parsing import (
 )
 from experiments.runs import (
     WANDB_ID, LoggerSaveConfigCallback, newest_fit, release_claimed, resumed_run, run_logger, run_of, run_root,
-    CONFIG, check_changes, release_locks, training_state,
+    CONFIG, check_changes, release_locks, training_state, wandb_run,
 )
 from models import contract
 from models.checkpoints import check_fits, read_checkpoint, read_state_dict, resolve_checkpoint
@@ -260,8 +259,8 @@ class LitlabCLI(LightningCLI):
     def _finish_wandb(self) -> None:
         # One job, one W&B run: fit and its final test share the run, which then ends here
         # (Lightning leaves it open, and a second CLI in the same process would reuse it).
-        if wandb.run is not None:
-            wandb.finish()
+        if (run := wandb_run()) is not None:
+            run.finish()
 
     def _report(self, best: str = "") -> None:
         log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask
@@ -276,7 +275,7 @@ class LitlabCLI(LightningCLI):
             lines.append(f"best checkpoint: {best}")
         if log_dir:
             lines.append(f"run directory:   {log_dir}")
-        run = wandb.run
+        run = wandb_run()
         if run is not None and run.settings.mode == "offline":
             run_dir = Path(run.dir).parent
             lines.append(f"W&B run (offline): {run_dir}; upload it with: wandb sync {run_dir}")
@@ -308,14 +307,14 @@ def main(args: list[str] | None = None) -> None:
     except SIGTERMException as stop:
         # Stopped between two training steps: callbacks.LatestCheckpoint saved the state and said how to resume.
         code = 128 + getattr(stop, "signum", signal.SIGTERM)  # 143 for SIGTERM, 130 for a Ctrl-C, as shells expect
-        if wandb.run is not None:
-            wandb.finish(exit_code=code)
+        if (run := wandb_run()) is not None:
+            run.finish(exit_code=code)
         sys.exit(code)
     except (ConfigError, MisconfigurationException, FileNotFoundError) as err:
         print(f"litlab: error: {err}", file=sys.stderr)
         release_claimed()  # a refused run leaves no run directory behind, only ever its own fresh one
-        if wandb.run is not None:
-            wandb.finish(exit_code=2)
+        if (run := wandb_run()) is not None:
+            run.finish(exit_code=2)
         sys.exit(2)
 
 

@@ -19,12 +19,12 @@ import os
 import re
 import shutil
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import wandb
 import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
@@ -50,6 +50,13 @@ UNSHAPING = ("trainer.logger", "trainer.callbacks", "trainer.enable_progress_bar
 # What the length of the run, and so a schedule planned for it, depends on.
 LENGTH = ("trainer.max_epochs", "trainer.max_steps", "trainer.accumulate_grad_batches", "trainer.devices",
           "trainer.num_nodes", "data.init_args.batch_size", "data.init_args.batch_scope", "trainer.limit_train_batches")
+
+
+def wandb_run():
+    """The W&B run this process has open, or None. wandb is imported when a W&B logger starts
+    its run, never at start-up: `--help` and a mistyped flag do not wait for it."""
+    wandb = sys.modules.get("wandb")
+    return None if wandb is None else wandb.run
 
 
 def run_of(checkpoint: str | os.PathLike) -> Path | None:
@@ -376,5 +383,5 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
         for logger in trainer.loggers:
             if not isinstance(logger, CSVLogger):
                 logger.log_hyperparams({"config": config})
-            if isinstance(logger, WandbLogger) and self._log_dir and wandb.run is not None:
-                Path(self._log_dir, WANDB_ID).write_text(wandb.run.id)
+            if isinstance(logger, WandbLogger) and self._log_dir:
+                Path(self._log_dir, WANDB_ID).write_text(logger.version)

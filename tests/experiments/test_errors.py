@@ -148,6 +148,18 @@ def test_the_installed_command_exits_with_status_2_and_one_line(litlab):
     one_error_line(result.returncode, result.stderr, "label_fraction must be in (0, 1]; got 0.0.")
 
 
+@pytest.mark.slow
+def test_the_command_starts_without_importing_what_only_some_runs_use():
+    # W&B, the model zoos, ONNX and the sweeps load when a run uses them, not for a --help or a typo.
+    import subprocess
+    import sys
+
+    optional = ("wandb", "transformers", "timm", "onnx", "onnxruntime", "peft", "optuna")
+    script = f"import sys, experiments.cli; print([m for m in {optional!r} if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
+
+
 DISTILL = str(DEFAULTS.parent / "digits" / "distill.yaml")
 
 
