@@ -8,9 +8,10 @@ has none, keeps `label_fraction` of the training labels (seeded, stratified wher
 are labels), and either drops the rest or keeps them with their target hidden.
 """
 
-import signal
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import lightning as L
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from models.contract import IGNORE_INDEX, Batch
 from datamodules.sampling import EachOnce, EpochOrder, ResumableLoader
-from datamodules.workers import start_server, worker_context
+from datamodules.workers import start_server, start_worker, worker_context
 from models.run_state import batches_done, run_seed
 from models.errors import ConfigError
 
@@ -91,13 +92,6 @@ class TensorSamples(Dataset):
 
     def subset(self, index: torch.Tensor) -> "TensorSamples":
         return TensorSamples(**{name: t[index] for name, t in self.fields.items()})
-
-
-def leave_stopping_to_the_trainer(worker_id: int) -> None:
-    """A loader worker ignores SIGTERM and SIGINT: sent to the whole job, they would end the workers
-    before the trainer could finish its step and save; the trainer stops, and its workers with it."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def whole_batch(batch: Batch) -> Batch:
@@ -318,7 +312,7 @@ class DataModule(L.LightningDataModule):
             # Worker seeds come from the loader's own generator: loading never draws from the
             # global one, which dropout and the task's other draws then have to themselves.
             generator=torch.Generator().manual_seed(self.seed),
-            worker_init_fn=leave_stopping_to_the_trainer if self.num_workers else None,
+            worker_init_fn=partial(start_worker, trainer=os.getpid()) if self.num_workers else None,
             multiprocessing_context=worker_context(self.world_size) if self.num_workers else None,
             **kwargs,
         )

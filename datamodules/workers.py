@@ -10,12 +10,20 @@ default on Linux.) Such a process starts its workers from a fork server instead:
 per training process, started by `start_server()` while the run sets itself up, which has imported
 what the workers need and forks each of them on request.
 
-The server belongs to the job as its workers do. It ignores the stop signals a scheduler sends
-to the whole job (see `datamodules.worker_server`): the workers it forked exit when their parent
-does, and the trainer finishes its step and saves before it ends, the server with it.
+Every worker leaves stopping to its trainer (`start_worker`): it ignores the stop signals a
+scheduler sends to every process of a job, so that the trainer can finish its step and save, and
+it exits as soon as its trainer has ended, however that one ended. PyTorch's own check, that the
+worker's parent still lives, cannot see a killed trainer when the parent is the fork server. The
+server ignores the job's stop signals too (see `datamodules.worker_server`), and ends once its
+trainer and its workers have.
 """
 
 import multiprocessing
+import os
+import select
+import signal
+import threading
+import time
 from multiprocessing.context import BaseContext
 
 SERVER_MODULE = "datamodules.worker_server"
@@ -38,3 +46,34 @@ def start_server(world_size: int) -> None:
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
+
+
+def start_worker(worker_id: int, trainer: int) -> None:
+    """A loader worker's first step (its `worker_init_fn`): ignore SIGTERM and SIGINT, which the
+    trainer stops on, and end this worker when the trainer process `trainer` ends."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_after, args=(trainer,), name="litlab_trainer_watch", daemon=True).start()
+
+
+def _exit_after(trainer: int) -> None:
+    try:
+        ended = os.pidfd_open(trainer)  # readable the moment that process ends (Linux)
+    except ProcessLookupError:
+        os._exit(0)  # ended already
+    except (AttributeError, OSError):  # no process descriptors here: ask once a second
+        while _alive(trainer):
+            time.sleep(1.0)
+        os._exit(0)
+    select.select([ended], [], [])
+    os._exit(0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True

@@ -3,25 +3,35 @@ stop signals a scheduler sends to the whole job leave them running until the tra
 
 import os
 import signal
+import subprocess
 import time
+from functools import partial
 from pathlib import Path
 
+import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules import Augmentation, DigitsDataModule
-from datamodules.workers import start_server, worker_context
+from datamodules.workers import start_server, start_worker, worker_context
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
 
 
 def fork_server() -> int:
     """The pid of this process's fork server."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            command = (stat.parent / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if parent == os.getpid() and b"multiprocessing.forkserver" in command:
-            return int(stat.parent.name)
+    for pid in children(os.getpid()):
+        if b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return pid
     raise AssertionError("no fork server under this process")
 
 
@@ -49,3 +59,24 @@ def test_workers_from_the_fork_server_give_the_forked_workers_batches_and_outliv
     os.kill(server, 0)  # still there
     assert len(forked) == len(rest) + 1 > 2
     assert all(torch.equal(a, b) for a, b in zip(forked, [first, *rest]))
+
+
+def test_a_worker_ends_when_its_trainer_is_killed_though_its_parent_is_the_fork_server():
+    # PyTorch's worker watches its parent, here the server: a trainer killed outright (SIGKILL, the
+    # out-of-memory killer) would leave it, and with it the server, running for ever.
+    trainer = subprocess.Popen(["sleep", "120"])
+    loader = DataLoader(TensorDataset(torch.arange(64.0)), batch_size=8, num_workers=1,
+                        multiprocessing_context=worker_context(2), worker_init_fn=partial(start_worker, trainer=trainer.pid))
+    batches = iter(loader)
+    next(batches)
+    (worker,) = children(fork_server())
+    trainer.kill()
+    trainer.wait()
+    for _ in range(100):
+        if not Path(f"/proc/{worker}").exists() or " Z " in Path(f"/proc/{worker}/stat").read_text():
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the worker outlived its trainer")
+    with pytest.raises(RuntimeError, match="exited unexpectedly"):
+        list(batches)  # the loader it served says so, rather than wait
