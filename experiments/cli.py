@@ -35,7 +35,7 @@ from models.errors import ConfigError
 DEFAULTS = Path(__file__).with_name("defaults.yaml")
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "export")
 DESCRIPTION = ("litlab: train, evaluate, predict with and export the models of YAML experiments "
-               "(litlab fit --config experiments/digits/cnn.yaml). A run's plots and summary: litlab report RUN_FOLDER.")
+               "(litlab fit --config experiments/digits/cnn.yaml). A run's plots and summary, or a comparison of runs: litlab report RUN [RUN ...].")
 
 
 def wandb_logged_in() -> bool:
@@ -296,12 +296,10 @@ def main(args: list[str] | None = None) -> None:
     arguments = list(sys.argv[1:] if args is None else args)
     try:
         if arguments[:1] == ["report"]:
-            # Not a training run: a reader of a run directory's files, with a parser from its signature.
-            from jsonargparse import auto_cli
+            # Not a training run: a reader of run directories' files, with a parser of its own.
+            from experiments import report
 
-            from experiments.report import report
-
-            auto_cli(report, args=arguments[1:], prog="litlab report")
+            report.main(arguments[1:])
             return
         LitlabCLI(args=args)
     except SIGTERMException as stop:

@@ -1,16 +1,28 @@
-"""`litlab report RUN_DIR`: plots and a one-page summary of a run, from its own files, no W&B needed.
+"""`litlab report RUN [RUN ...]`: plots and a one-page summary of a run, or a comparison of
+several, from their own files, no W&B needed.
 
-Reads the run directory's `metrics.csv` and `config.yaml`, and `test_confusion.csv` or
+One run: reads the run directory's `metrics.csv` and `config.yaml`, and `test_confusion.csv` or
 `predictions.csv` where present (the run's own, else those of its `test/` and `predict/`
 commands); writes into the run's `report/` folder `loss.png` (training and validation loss
-against step), `metrics.png` (each validation metric against epoch), `lr.png` (the learning
-rates), `confusion.png` (the test confusion matrix) and `report.md`, which embeds them with
-the final metrics, the best checkpoint and the config's key settings. A run still going, or
-killed mid-way (its last row cut short), is reported as far as it got.
+against step), `metrics.png` (each training and validation metric against epoch), `lr.png` (the
+learning rate of each parameter group), `confusion.png` (the test confusion matrix) and
+`report.md`, which embeds them with the final metrics, the best checkpoint and the config's key
+settings. The plots are titled with the run's name and mark the best checkpoint's epoch. A run
+still going, or killed mid-way (its last row cut short), is reported as far as it got.
+
+Several runs (seeds of one recipe, say): writes `comparison.md`, a table of every run's epochs,
+best validation figures and test metrics, with the mean, standard deviation and 95% confidence
+interval of each over the runs, and one plot per metric with every run's curve, into
+`comparison/` beside the runs (or `--out`). Each run is named by the settings in which its
+config differs from the others' (`seed_everything=1`).
 """
 
+import argparse
 import csv
 import math
+import os
+import re
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -78,14 +90,26 @@ def _figure(width: float = WIDTH, height: float = HEIGHT):
     return plt, plt.figure(figsize=(width, height), dpi=DPI)
 
 
-def line_plot(path: Path, lines: Series, xlabel: str, title: str) -> Path | None:
+def same_lines(lines: Series) -> Series:
+    """`lines` with the series that are equal point for point drawn once, named together
+    ("lr-AdamW/decay = lr-AdamW/no_decay"): otherwise one hides the others exactly."""
+    merged: dict[tuple, list[str]] = {}
+    for name, points in sorted(lines.items()):
+        merged.setdefault(tuple(points), []).append(name)
+    return {" = ".join(names): list(points) for points, names in merged.items()}
+
+
+def line_plot(path: Path, lines: Series, xlabel: str, title: str, mark: tuple[float, str] | None = None) -> Path | None:
+    """One line per series; `mark` is (x, label) of a dashed vertical line (the best checkpoint)."""
     if not lines:
         return None
     plt, figure = _figure()
     axes = figure.add_subplot()
-    for name, points in sorted(lines.items()):
+    for name, points in same_lines(lines).items():
         xs, ys = zip(*points)
         axes.plot(xs, ys, marker="o" if len(points) < 40 else None, markersize=3, label=name)
+    if mark is not None:
+        axes.axvline(mark[0], color="grey", linestyle="--", linewidth=1, label=mark[1])
     axes.set(xlabel=xlabel, title=title)
     if xlabel == "epoch":
         from matplotlib.ticker import MaxNLocator
@@ -143,6 +167,12 @@ def confusion_plot(path: Path, names: list[str], matrix: list[list[int]]) -> Pat
     return path
 
 
+def _settings(part: dict) -> str:
+    """`key=value` for each scalar argument a class was given."""
+    args = part.get("init_args") or {}
+    return ", ".join(f"{k}={v}" for k, v in args.items() if v is not None and not isinstance(v, (dict, list)))
+
+
 def key_settings(config: dict) -> list[str]:
     """The lines of the config a reader looks for first."""
     model = config.get("model", {}) or {}
@@ -159,12 +189,28 @@ def key_settings(config: dict) -> list[str]:
         lines.append(f"optimizer: `{optimizer.get('class_path')}` (lr={opt_args.get('lr')}, "
                      f"weight_decay={opt_args.get('weight_decay')}), schedule: {args.get('schedule')}")
     data = config.get("data", {}) or {}
-    data_args = data.get("init_args", {}) or {}
-    lines.append(f"data: `{data.get('class_path')}` (batch_size={data_args.get('batch_size')})")
+    lines.append(f"data: `{data.get('class_path')}` ({_settings(data)})")
     trainer = config.get("trainer", {}) or {}
     lines.append(f"trainer: max_epochs={trainer.get('max_epochs')}, precision={trainer.get('precision')}, "
                  f"devices={trainer.get('devices')}; seed_everything={config.get('seed_everything')}")
     return lines
+
+
+def run_name(folder: Path) -> str:
+    """experiment/version_N, as the runs/ tree names a run."""
+    return f"{folder.parent.name}/{folder.name}"
+
+
+def best_epoch(folder: Path) -> int | None:
+    """The epoch of the run's best checkpoint, from its name (best-epoch012-...)."""
+    best = sorted((folder / "checkpoints").glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    found = re.search(r"epoch(\d+)", best[-1].name) if best else None
+    return int(found.group(1)) if found else None
+
+
+def epoch_metric(key: str) -> bool:
+    """A metric logged once an epoch: validation's, and training's other than the per-step loss."""
+    return (key.startswith("val/") or key.startswith("train/")) and not key.endswith("loss")
 
 
 def report(run_dir: str) -> Path:
@@ -175,12 +221,18 @@ def report(run_dir: str) -> Path:
         raise ConfigError(f"{folder / 'metrics.csv'} holds no logged row yet; report again once the run has logged a step.")
     out = folder / "report"
     out.mkdir(exist_ok=True)
+    name, best = run_name(folder), best_epoch(folder)
+    at_best = None if best is None else f"best checkpoint (epoch {best})"
+    last_step_of_best = max((r["step"] for r in rows if r.get("epoch") == best and "step" in r), default=None)
     plots = {}
     losses = series(rows, "step", lambda k: k in ("train/loss", "val/loss"))
-    plots["loss"] = line_plot(out / "loss.png", losses, "step", "Loss")
-    evaluation = series(rows, "epoch", lambda k: k.startswith("val/") and k != "val/loss")
-    plots["metrics"] = line_plot(out / "metrics.png", evaluation, "epoch", "Validation metrics")
-    plots["lr"] = line_plot(out / "lr.png", series(rows, "step", lambda k: k.startswith("lr-")), "step", "Learning rate")
+    plots["loss"] = line_plot(out / "loss.png", losses, "step", f"{name}: loss",
+                              None if last_step_of_best is None else (last_step_of_best, at_best))
+    evaluation = series(rows, "epoch", epoch_metric)
+    plots["metrics"] = line_plot(out / "metrics.png", evaluation, "epoch", f"{name}: training and validation metrics",
+                                 None if best is None else (best, at_best))
+    plots["lr"] = line_plot(out / "lr.png", series(rows, "step", lambda k: k.startswith("lr-")), "step",
+                            f"{name}: learning rate")
     confusion = read_confusion(folder)
     plots["confusion"] = confusion_plot(out / "confusion.png", *confusion) if confusion else None
 
@@ -191,12 +243,12 @@ def report(run_dir: str) -> Path:
                 final[key] = (value, row.get("epoch"))
     config_path = folder / "config.yaml"
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-    best = sorted((folder / "checkpoints").glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    best = sorted((folder / "checkpoints").glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)  # the newest
     last_step = max((row["step"] for row in rows if "step" in row), default=0)
     last_epoch = max((row["epoch"] for row in rows if "epoch" in row), default=0)
     finished = any(key.startswith("test/") for key in final)
 
-    lines = [f"# Run report: {folder}", ""]
+    lines = [f"# Run report: {name}", "", f"Run folder: `{folder}`", ""]
     lines.append("Finished: tested." if finished else
                  f"Not finished (still running, or stopped): reported up to epoch {int(last_epoch)}, step {int(last_step)}.")
     lines += ["", "## Final metrics", "", "| metric | value | epoch |", "|---|---|---|"]
@@ -204,10 +256,136 @@ def report(run_dir: str) -> Path:
     lines += ["", f"Best checkpoint: `{best[-1]}`" if best else "Best checkpoint: none saved yet.", ""]
     if config:
         lines += ["## Settings", "", *[f"- {line}" for line in key_settings(config)], ""]
-    titles = {"loss": "Loss", "metrics": "Validation metrics", "lr": "Learning rate", "confusion": "Test confusion matrix"}
+    titles = {"loss": "Loss", "metrics": "Training and validation metrics", "lr": "Learning rate",
+              "confusion": "Test confusion matrix"}
     lines += ["## Plots", ""] + [f"![{titles[name]}]({path.name})" for name, path in plots.items() if path]
     written = ", ".join(path.name for path in plots.values() if path)
     out = out / "report.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"Report written to {out} (plots: {written or 'none yet'})", flush=True)
     return out
+
+
+# ---- several runs ----
+
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}  # Student's t, two-sided 95%, by degrees of freedom
+
+
+def t_975(dof: int) -> float:
+    """Student's t quantile for a two-sided 95% interval: the table's entry at or just below `dof`
+    (a slightly wider interval between entries), and the normal 1.96 past 30."""
+    return 1.96 if dof > 30 else T_975[max(k for k in T_975 if k <= dof)]
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """(mean, sample standard deviation, half-width of the 95% confidence interval of the mean)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    sd = statistics.stdev(values)
+    return mean, sd, t_975(len(values) - 1) * sd / math.sqrt(len(values))
+
+
+def flat(config: dict, prefix: str = "") -> dict[str, object]:
+    """{dotted.key: value} of a config, init_args left out of the keys (model.optimizer.lr)."""
+    out = {}
+    for key, value in config.items():
+        name = prefix if key == "init_args" else f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(flat(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def labels(configs: list[dict], folders: list[Path]) -> list[str]:
+    """Each run named by the settings in which its config differs from the others' (at most
+    three), else by its folder."""
+    flats = [flat(c) for c in configs]
+    keys = sorted({k for f in flats for k in f})
+    differ = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1 and not k.startswith("trainer.logger")]
+    if not differ or not all(configs):
+        return [run_name(folder) for folder in folders]
+    return [", ".join(f"{k}={f.get(k)}" for k in differ[:3]) for f in flats]
+
+
+def summary(rows: list[dict[str, float]]) -> dict[str, float]:
+    """A run's figures for the table: epochs trained, best validation loss and accuracy (and
+    the like), and its final test metrics."""
+    figures = {"epochs": 1 + max((r["epoch"] for r in rows if "epoch" in r and not any(k.startswith("test/") for k in r)),
+                                 default=-1)}
+    for key in sorted({k for r in rows for k in r if k.startswith("val/")}):
+        values = [r[key] for r in rows if key in r and math.isfinite(r[key])]
+        if values:
+            figures[f"best {key}"] = (min if key.endswith("loss") else max)(values)
+    for row in rows:
+        figures.update({k: v for k, v in row.items() if k.startswith("test/")})
+    return figures
+
+
+def compare(run_dirs: list[str], out: str | None = None) -> Path:
+    """Write comparison.md and one plot per metric, every run's curve on it; returns comparison.md's path."""
+    folders = [run_folder(path) for path in run_dirs]
+    if len(set(folders)) < len(folders):
+        raise ConfigError("The same run is named twice; give each run folder once.")
+    rows = {}
+    for folder in folders:
+        rows[folder] = read_metrics(folder / "metrics.csv")
+        if not rows[folder]:
+            raise ConfigError(f"{folder / 'metrics.csv'} holds no logged row yet; compare it once it has logged a step.")
+    configs = [yaml.safe_load((f / "config.yaml").read_text()) if (f / "config.yaml").is_file() else {} for f in folders]
+    names = dict(zip(folders, labels(configs, folders)))
+    target = Path(out) if out else Path(os.path.commonpath([f.resolve() for f in folders])) / "comparison"
+    target.mkdir(parents=True, exist_ok=True)
+
+    figures = {folder: summary(rows[folder]) for folder in folders}
+    columns = [c for c in dict.fromkeys(k for f in folders for k in figures[f]) if c != "epochs"]
+    lines = [f"# Comparison of {len(folders)} runs", "", "| run | folder | epochs | " + " | ".join(columns) + " |",
+             "|---|---|---|" + "---|" * len(columns)]
+    for folder in folders:
+        cells = [f"{figures[folder][c]:.4f}" if c in figures[folder] else "" for c in columns]
+        lines.append(f"| {names[folder]} | `{folder}` | {int(figures[folder]['epochs'])} | " + " | ".join(cells) + " |")
+    shared = [c for c in columns if all(c in figures[f] for f in folders)]
+    if len(folders) > 1 and shared:
+        lines += ["", f"Over the {len(folders)} runs: mean, sample standard deviation and the 95% confidence "
+                  "interval of the mean (Student's t).", "", "| metric | mean | sd | 95% CI |", "|---|---|---|---|"]
+        for column in shared:
+            mean, sd, half = spread([figures[f][column] for f in folders])
+            lines.append(f"| {column} | {mean:.4f} | {sd:.4f} | {mean - half:.4f} to {mean + half:.4f} |")
+
+    plots = []
+    curves = {"val": ("epoch", lambda k: k.startswith("val/")), "train": ("step", lambda k: k == "train/loss")}
+    for kind, (x, keep) in curves.items():
+        per_run = {folder: series(rows[folder], x, keep) for folder in folders}
+        for metric in sorted({m for s in per_run.values() for m in s}):
+            lines_of = {names[f]: per_run[f][metric] for f in folders if metric in per_run[f]}
+            path = target / f"{metric.replace('/', '_')}.png"
+            plots.append(line_plot(path, lines_of, x, f"{metric} of {len(lines_of)} runs"))
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots if p]
+    written = target / "comparison.md"
+    written.write_text("\n".join(lines) + "\n")
+    print(f"Comparison written to {written} (plots: {', '.join(p.name for p in plots if p) or 'none yet'})", flush=True)
+    return written
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="litlab report",
+        description="Plots and a summary of a run from its own files, or a comparison of several runs.",
+    )
+    parser.add_argument("runs", nargs="+", metavar="RUN",
+                        help="a run folder (runs/NAME/version_N), or an experiment's folder (runs/NAME) for its newest "
+                             "run; several runs (runs/NAME/version_*) are compared")
+    parser.add_argument("--out", help="the folder a comparison is written to (default: comparison/ beside the runs)")
+    return parser
+
+
+def main(arguments: list[str]) -> Path:
+    """`litlab report ...`: one run reported, several compared."""
+    args = parser().parse_args(arguments)
+    if len(args.runs) == 1:
+        if args.out:
+            raise ConfigError("--out is where a comparison goes; a single run's report is written into its report/ folder.")
+        return report(args.runs[0])
+    return compare(args.runs, args.out)

@@ -352,7 +352,7 @@ def test_predict_mistakes_are_one_line(litlab_main, monkeypatch, tmp_path):
 
 def test_help_names_every_command_in_a_whole_sentence(litlab_main):
     code, out, _ = litlab_main("--help")
-    assert code == 0 and "litlab report RUN_FOLDER" in out
+    assert code == 0 and "litlab report RUN [RUN ...]" in out
     described, name = {}, None
     for line in out.split("Available subcommands:")[1].splitlines():
         if re.match(r"^    \S", line):  # a command, then the start of its description
