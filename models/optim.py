@@ -51,7 +51,7 @@ def parameter_groups(
     """Trainable parameters in groups: weight decay for matrices and kernels only (biases and
     norm scales are left alone, and so is every parameter of a submodule named in `no_decay`),
     and a learning-rate multiplier `lr_scale[name]` for the parameters of each named submodule
-    (say, a pretrained backbone)."""
+    (say, a pretrained backbone). Each group is named by both: decay, no_decay, decay_x0.1."""
 
     def under(name: str, prefix: str) -> bool:
         return name.startswith(f"{prefix}.")
@@ -62,8 +62,10 @@ def parameter_groups(
             scale = next((s for prefix, s in (lr_scale or {}).items() if under(name, prefix)), 1.0)
             decay = p.ndim >= 2 and not any(under(name, prefix) for prefix in no_decay)
             groups.setdefault((scale, decay), []).append(p)
+    # Named, so that the learning-rate monitor logs lr-AdamW/decay rather than lr-AdamW/pg1.
     return [
-        {"params": params, "lr_scale": scale, **({} if decay else {"weight_decay": 0.0})}
+        {"params": params, "lr_scale": scale, "name": ("decay" if decay else "no_decay") + (f"_x{scale:g}" if scale != 1 else ""),
+         **({} if decay else {"weight_decay": 0.0})}
         for (scale, decay), params in groups.items()
     ]
 
