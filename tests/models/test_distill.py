@@ -201,7 +201,7 @@ def test_with_few_labels_the_taught_student_beats_the_student_alone_by_five_poin
     teacher = cli("fit", "--config", str(DIGITS / "cnn_augment.yaml"), *few)
     checkpoint = teacher.trainer.checkpoint_callback.best_model_path
     scratch, taught = [], []
-    for seed in (0, 1, 2):
+    for seed in (0, 1):
         # The student alone: the same MLP on the 5% of labelled images, as long as the taught one.
         alone = cli("fit", "--config", str(DIGITS / "mlp.yaml"), *STUDENT, *few, "--trainer.max_epochs=60", f"--seed_everything={seed}")
         scratch.append(test_acc(alone))
@@ -209,8 +209,9 @@ def test_with_few_labels_the_taught_student_beats_the_student_alone_by_five_poin
                      f"--seed_everything={seed}")
         taught.append(test_acc(distil))
     print(f"teacher {test_acc(teacher):.4f} scratch {scratch} taught {taught}")
-    # Measured: teacher 92.2%; scratch 86.1 / 86.4 / 87.8, taught 92.2 / 91.7 / 91.9 (+5.2 points on the mean).
-    assert sum(taught) / 3 - sum(scratch) / 3 >= 0.05
+    # Measured (seeds 0, 1, 2): teacher 92.2%; scratch 86.1 / 86.4 / 87.8, taught 92.2 / 91.7 / 91.9
+    # (+5.2 points on the mean). The test holds seeds 0 and 1 to it (+5.7): two seeds prove it at two thirds the cost.
+    assert sum(taught) / 2 - sum(scratch) / 2 >= 0.05
     assert all(t > s for t, s in zip(taught, scratch))
 
 
@@ -219,13 +220,14 @@ def test_with_all_labels_a_patient_consistent_teacher_beats_the_student_alone(cl
     teacher = cli("fit", "--config", str(DIGITS / "cnn.yaml"))
     checkpoint = teacher.trainer.checkpoint_callback.best_model_path
     scratch, taught = [], []
-    for seed in (0, 1, 2):
+    for seed in (0, 1):
         # The student's best recipe alone: no augmentation (shifts cost an MLP accuracy), 60 epochs.
         alone = cli("fit", "--config", str(DIGITS / "mlp.yaml"), *STUDENT, "--trainer.max_epochs=60", f"--seed_everything={seed}")
         scratch.append(test_acc(alone))
         distil = cli("fit", "--config", str(DIGITS / "distill.yaml"), f"--model.teacher_checkpoint={checkpoint}", f"--seed_everything={seed}")
         taught.append(test_acc(distil))
     print(f"teacher {test_acc(teacher):.4f} scratch {scratch} taught {taught}")
-    # Measured: teacher 99.7%; scratch 96.9 / 97.5 / 96.9, taught 98.3 / 98.6 / 98.3 (+1.3 points on the mean).
+    # Measured (seeds 0, 1, 2): teacher 99.7%; scratch 96.9 / 97.5 / 96.9, taught 98.3 / 98.6 / 98.3
+    # (+1.3 points on the mean). The test holds seeds 0 and 1 to it (+1.25).
     assert all(t > s for t, s in zip(taught, scratch))
-    assert sum(taught) / 3 - sum(scratch) / 3 >= 0.008  # three test images of 360
+    assert sum(taught) / 2 - sum(scratch) / 2 >= 0.008  # three test images of 360

@@ -126,12 +126,13 @@ def test_a_short_pretraining_beats_zlib_on_held_out_text_and_pays_off_in_few_lab
     narrow = [*size, "--data.max_len=64", "--data.label_fraction=0.05", "--trainer.max_epochs=5",
               "--trainer.check_val_every_n_epoch=5", "--model.optimizer.init_args.lr=0.006"]
     scratch, pretrained = [], []
-    for seed in (0, 1, 2):
+    for seed in (0, 1):
         finetune = ["fit", "--config", str(TEXT / "gpt_finetune.yaml"), *narrow, f"--seed_everything={seed}"]
         pretrained.append(float(cli(*finetune, f"--model.checkpoint={checkpoint}").trainer.callback_metrics["test/acc"]))
         scratch.append(float(cli(*finetune, "--model.checkpoint=null").trainer.callback_metrics["test/acc"]))
     print(f"test/bpb {bpb:.3f} (zlib {zlib_bpb:.3f}); scratch {scratch} pretrained {pretrained}")
-    # Measured: scratch 34.2 / 34.0 / 35.4%, pretrained 41.9 / 43.7 / 40.3% (seeds 0, 1, 2), a 7.4-point mean gain.
+    # Measured: scratch 34.2 / 34.0 / 35.4%, pretrained 41.9 / 43.7 / 40.3% (seeds 0, 1, 2), a 7.4-point mean gain;
+    # the test holds seeds 0 and 1 (8.7 points) at two thirds the cost.
     assert all(p > s for p, s in zip(pretrained, scratch))
     assert statistics.mean(pretrained) - statistics.mean(scratch) >= 0.04
 
