@@ -14,3 +14,8 @@ def test_output_that_is_not_a_terminal_gets_one_line_per_epoch_with_its_metrics(
     assert {"train/loss", "val/loss", "val/acc"} <= shown.keys()
     logged = [row for row in csv.DictReader(open(Path(run.trainer.log_dir) / "metrics.csv")) if row["val/acc"]]
     assert shown["val/acc"] == f"{float(logged[-1]['val/acc']):.4g}"  # the second epoch's, as logged
+    # The training metrics the task logs at the epoch's end are that epoch's too, not the one before's.
+    rows = list(csv.DictReader(open(Path(run.trainer.log_dir) / "metrics.csv")))
+    first = dict(pair.split(" ") for pair in lines[0].split(": ", 1)[1].split("  "))
+    trained = [row["train/acc"] for row in rows if row["train/acc"]]
+    assert first["train/acc"] == f"{float(trained[0]):.4g}" and shown["train/acc"] == f"{float(trained[1]):.4g}"
