@@ -4,6 +4,7 @@ import netrc
 import os
 import signal
 import sys
+from importlib import import_module
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -28,9 +29,12 @@ from experiments.runs import (
     WANDB_ID, LoggerSaveConfigCallback, newest_fit, release_claimed, resumed_run, run_logger, run_of, run_root,
     CONFIG, check_changes, release_locks, training_state, wandb_run,
 )
+import models
 from models import contract
 from models.checkpoints import check_fits, read_checkpoint, read_state_dict, resolve_checkpoint
 from models.errors import ConfigError
+from models.lightning_internals import leave_wandb_defaults
+from models.notices import ignore_dependency_deprecations, without_lightning_info
 
 DEFAULTS = Path(__file__).with_name("defaults.yaml")
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "export")
@@ -195,7 +199,9 @@ class LitlabCLI(LightningCLI):
                 # What Lightning files outside the loggers (SLURM's requeue checkpoint hpc_ckpt_N.ckpt)
                 # goes into the run directory, not wherever the job was started.
                 kwargs["default_root_dir"] = csv_logger.log_dir if rank_zero_only.rank == 0 else csv_logger.root_dir
-        return super().instantiate_trainer(**kwargs)
+            leave_wandb_defaults(logger)
+        with without_lightning_info():  # which hardware is there, integration tips (models/notices.py)
+            return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
         self._check_checkpoint()
@@ -290,6 +296,7 @@ def main(args: list[str] | None = None) -> None:
         os.environ["WANDB_MODE"] = "offline"
     # W&B's own banner repeats what the closing report says in one line.
     os.environ.setdefault("WANDB_SILENT", "true")
+    ignore_dependency_deprecations()
     if not SLURMEnvironment.detect() and hasattr(signal, "SIGUSR1"):
         # SIGUSR1 means "stop and save" as SIGTERM does (under SLURM, Lightning's requeue handles it).
         signal.signal(signal.SIGUSR1, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
@@ -301,6 +308,11 @@ def main(args: list[str] | None = None) -> None:
 
             report.main(arguments[1:])
             return
+        if any(arg in ("-h", "--help") or arg.endswith(".help") for arg in arguments):
+            # A help lists the tasks among --model's known subclasses: they are imported on first
+            # use otherwise, after the help is written.
+            for module in sorted(set(models.TASKS.values())):
+                import_module(module)
         LitlabCLI(args=args)
     except SIGTERMException as stop:
         # Stopped between two training steps: callbacks.LatestCheckpoint saved the state and said how to resume.

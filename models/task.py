@@ -25,6 +25,7 @@ from models.run_state import SeedKey, batches_done, derived_seed, gather_per_ran
 from models.checkpoints import load_backbone, resolve_checkpoint
 from models.errors import NonFiniteLoss
 from models.lazy import has_lazy, materialize
+from models.notices import without_lightning_info
 from models.optim import OptimizerCallable, Schedule, check_optimizer, check_schedule, configure_optimization
 
 METRIC_STATES = "metric_states"  # checkpoint entry: what each rank's metrics had accumulated
@@ -212,7 +213,8 @@ class Task(L.LightningModule):
 
     def configure_optimizers(self):
         self._built_lr = self.lr
-        steps = int(self.trainer.estimated_stepping_batches)
+        with without_lightning_info():  # "Loading `train_dataloader` to estimate number of stepping batches."
+            steps = int(self.trainer.estimated_stepping_batches)
         return configure_optimization(
             self, self.optimizer, self.schedule, steps, self.warmup_fraction, self.lr_scales, self.no_decay, self.lr
         )

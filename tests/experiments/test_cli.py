@@ -34,6 +34,12 @@ def test_fit_tests_the_best_checkpoint_and_says_where_everything_went(fitted):
     assert f"best checkpoint: {best.relative_to(cwd)}" in result.stdout
     accuracy = float(result.stdout.split("test/acc = ")[1].split()[0])
     assert accuracy > 0.85
+    # Before the first epoch, what a user acts on; none of the dependencies' notices they cannot act on.
+    said = result.stdout + result.stderr
+    assert "Global batch size 64 = 64 per device" in said and "Total params" in said
+    for notice in ("GPU available", "TPU available", "litlogger", "anonymous setting", "LeafSpec",
+                   "to estimate number of stepping batches"):
+        assert notice not in said, notice
     # The CSV logger ran beside W&B: validation accuracy for each of the two epochs, then the test.
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert len([r for r in rows if r.get("val/acc")]) == 2

@@ -74,3 +74,17 @@ def test_the_lightning_internals_litlab_reads_are_where_it_reads_them(tmp_path):
                             "epoch 1 ends", "closing metrics of epoch 1 logged", "training ends"], (
         f"Lightning's epoch end changed order; LatestCheckpoint's end-of-epoch save may come before the closing metrics: "
         f"{probe.events}")
+
+
+def test_lightning_passes_wandb_an_anonymous_setting_that_litlab_leaves_out():
+    from lightning.pytorch.loggers import WandbLogger
+
+    from models.lightning_internals import leave_wandb_defaults
+
+    logger = WandbLogger(offline=True)
+    assert "anonymous" in logger._wandb_init, "WandbLogger no longer keeps wandb.init's arguments in _wandb_init"
+    leave_wandb_defaults(logger)
+    assert "anonymous" not in logger._wandb_init
+    kept = WandbLogger(offline=True, anonymous=True)
+    leave_wandb_defaults(kept)
+    assert kept._wandb_init["anonymous"] == "allow"  # a setting given is passed on
