@@ -36,6 +36,10 @@ PLACEHOLDERS = {
         "datamodules.DigitsDataModule",
         "a DataModule of the user's own, which this repository cannot import",
     ),
+    "my_nets.Wide": (
+        "models.backbones.MLP",  # which has a width too
+        "the backbone of docs/layout.md, a module of the user's own (tests/models/backbones/test_own_backbone.py tests it)",
+    ),
 }
 # Config files that a run writes: the test writes what that run would write, the --print_config of
 # its fit without the command's own arguments (experiments.runs.COMMAND_ONLY), as its

@@ -8,24 +8,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-OWN = '''
-from torch import nn
-from models.backbones import register
-
-
-@register(image={"width": 16})
-class Wide(nn.Module):
-    def __init__(self, width: int = 32):
-        super().__init__()
-        self.features = nn.Sequential(nn.LazyConv2d(width, 3, padding=1), nn.ReLU())
-        self.out_features = width
-
-    def forward_features(self, x):
-        return self.features(x)
-
-    def forward(self, x):
-        return self.forward_features(x).mean(dim=(2, 3))
-
+# The module of docs/layout.md ("A backbone of your own"), as the page shows it, and one more class
+# for the failure case.
+PAGE = (ROOT / "docs" / "layout.md").read_text().split("### A backbone of your own")[1]
+OWN = PAGE.split("```python\n")[1].split("```")[0] + '''
 
 class Unused(nn.Module):  # a layer that never reaches the output gets no gradient
     examples = {"sequence": [{}]}
