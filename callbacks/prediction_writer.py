@@ -7,15 +7,9 @@ import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
-from models.contract import IGNORE_INDEX
+from models.contract import IGNORE_INDEX, class_names
 
 TOP_K = 5  # the classes named in each row's top_k column
-
-
-def class_names(datamodule: object, count: int) -> list[str]:
-    """The data's class names in its label order, else the labels' numbers."""
-    names = getattr(datamodule, "classes", None)
-    return [str(name) for name in names] if names is not None and len(names) == count else [str(c) for c in range(count)]
 
 
 class CSVPredictionWriter(BasePredictionWriter):
@@ -55,7 +49,7 @@ class CSVPredictionWriter(BasePredictionWriter):
                     rows.append({"index": b, **batch})
                     continue
                 probs = batch["probs"].float().cpu()
-                names = class_names(datamodule, probs.shape[1])
+                names = class_names(pl_module, datamodule, probs.shape[1])
                 top = probs.topk(min(TOP_K, probs.shape[1]), dim=1)
                 target = batch.get("target")
                 for i, index in enumerate(dl_indices[b]):

@@ -9,15 +9,10 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from models.contract import IGNORE_INDEX
+from models.contract import IGNORE_INDEX, class_names
 from models.run_state import gather_per_rank
 
 CONFUSION_FILE = "test_confusion.csv"
-
-
-def class_names(trainer: L.Trainer, count: int) -> list[str]:
-    names = getattr(trainer.datamodule, "classes", None)
-    return [str(name) for name in names] if names and len(names) == count else [str(c) for c in range(count)]
 
 
 class TestReport(L.Callback):
@@ -60,7 +55,7 @@ class TestReport(L.Callback):
             return
         wrong = sorted((row for _, _, rows in everyone for row in rows), key=lambda row: -row[0])[: self.mistakes]
         count = getattr(pl_module, "num_classes", None) or int(max(pred.max(), target.max())) + 1
-        names = class_names(trainer, count)
+        names = class_names(pl_module, trainer.datamodule, count)
         matrix = torch.bincount(target * count + pred, minlength=count * count).view(count, count)  # rows: true class
         if log_dir:
             path = Path(log_dir, CONFUSION_FILE)

@@ -24,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from models.checkpoints import check_fits, read_state_dict
+from models.contract import class_names
 from models.errors import ConfigError
 from models.lazy import has_lazy, materialize
 
@@ -171,9 +172,8 @@ def describe(model: LightningModule, datamodule: LightningDataModule, example: t
              format: Format, difference: float, count: int) -> dict:
     """What a user of the exported file needs: its input, the preprocessing before it, the classes."""
     mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
-    classes = getattr(datamodule, "classes", None)
-    if classes is None and getattr(datamodule, "num_classes", None):
-        classes = [str(c) for c in range(datamodule.num_classes)]
+    count = getattr(model, "num_classes", None) or getattr(datamodule, "num_classes", None)
+    classes = class_names(model, datamodule, count) if count else None
     inputs = {"input": {"shape": ["batch", *example[0].shape[1:]], "dtype": str(example[0].dtype).removeprefix("torch.")}}
     if len(example) == 2:
         inputs["padding_mask"] = {"shape": ["batch", *example[1].shape[1:]], "dtype": "bool",

@@ -88,6 +88,15 @@ def labels_of(datamodule: object) -> int | None:
     return datamodule.num_classes
 
 
+def class_names(model: object, datamodule: object, count: int) -> list[str]:
+    """The names of a model's `count` classes, in label order: those saved with the model (its
+    training data's, `Task.classes`), else its data's, else the labels' numbers."""
+    for names in (getattr(model, "classes", None), getattr(datamodule, "classes", None)):
+        if names is not None and len(names) == count:
+            return [str(name) for name in names]
+    return [str(c) for c in range(count)]
+
+
 def vocab_of(datamodule: object) -> int | None:
     """The CLI's link from the data to a token backbone's `vocab_size`."""
     check(datamodule)

@@ -29,6 +29,7 @@ from models.notices import without_lightning_info
 from models.optim import OptimizerCallable, Schedule, check_optimizer, check_schedule, configure_optimization
 
 METRIC_STATES = "metric_states"  # checkpoint entry: what each rank's metrics had accumulated
+CLASSES = "classes"  # checkpoint entry: the class names of the data the model was trained on, in label order
 
 
 class Task(L.LightningModule):
@@ -48,6 +49,7 @@ class Task(L.LightningModule):
         self.lr_scales: dict[str, float] = {}
         self.no_decay: set[str] = set()
         self.frozen: list[str] = []
+        self.classes: list[str] | None = None  # its training data's class names, in label order (saved with it)
 
     # ---- parts ----
 
@@ -177,6 +179,8 @@ class Task(L.LightningModule):
     # ---- a run resumed mid-epoch reports the same epoch metrics ----
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.classes:
+            checkpoint[CLASSES] = self.classes  # predict, test and export name the classes by it
         # torchmetrics keeps what a metric has accumulated out of the state dict; a run resumed in
         # the middle of an epoch needs it to report that epoch's metrics. One entry per rank.
         if batches_done(self.trainer) is None:
@@ -189,6 +193,9 @@ class Task(L.LightningModule):
         checkpoint[METRIC_STATES] = gather_per_rank(self.trainer, mine)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get(CLASSES)
+        if isinstance(saved, list) and all(isinstance(name, str) for name in saved):
+            self.classes = saved
         if METRIC_STATES not in checkpoint:
             return
         metrics = dict(self.named_modules())
@@ -205,6 +212,9 @@ class Task(L.LightningModule):
     # ---- optimisation ----
 
     def on_fit_start(self) -> None:
+        names = getattr(self.trainer.datamodule, "classes", None)
+        if names is not None:
+            self.classes = [str(name) for name in names]  # saved with every checkpoint of the run
         # A callback that chose the learning rate as the fit started (LearningRateFinder sets `lr`)
         # came after the optimizer was built; it is built again, schedule and group scales included.
         # A resumed fit's optimizer state is restored after this hook, so nothing is lost.

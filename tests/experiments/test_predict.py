@@ -77,3 +77,13 @@ def test_predict_on_new_texts_names_each_text_and_its_class(cli, tmp_path, monke
     for row, p in zip(rows, probs):
         assert row["pred"] == classes[int(p.argmax())]
         assert [float(row[f"prob_{name}"]) for name in classes] == pytest.approx(p.tolist(), abs=1e-5)
+    # The class names are saved with the run's checkpoints, and a prediction names its classes by
+    # them, whatever the data configured at predict time calls its labels.
+    best = fitted.trainer.checkpoint_callback.best_model_path
+    assert torch.load(best, weights_only=True)["classes"] == classes == ["code", "weather"]
+    if kind == "csv":
+        (tmp_path / "renamed.csv").write_text("text,label\n" + "".join(
+            f'"{text}",{label}\n' for text, label in [("a fine day", "b"), ("import os", "a")] * 12))
+        cli("predict", *small, "--data.source=renamed.csv", "--ckpt_path", best, "--inputs", str(inputs))
+        again = list(csv.DictReader((Path(fitted.trainer.log_dir) / "predict" / "predictions.csv").open()))
+        assert [row["pred"] for row in again] == [row["pred"] for row in rows]
