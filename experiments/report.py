@@ -10,15 +10,17 @@ learning rate of each parameter group), `confusion.png` (the test confusion matr
 settings. The plots are titled with the run's name and mark the best checkpoint's epoch. A run
 still going, or killed mid-way (its last row cut short), is reported as far as it got.
 
-Several runs (seeds of one recipe, say): writes `comparison.md`, a table of every run's epochs,
-best validation figures and test metrics, with the mean, standard deviation and 95% confidence
-interval of each over the runs, and one plot per metric with every run's curve, into
-`comparison/` beside the runs (or `--out`). Each run is named by the settings in which its
-config differs from the others' (`seed_everything=1`).
+Several runs (run folders, an experiment's folder for all its runs, or a pattern): writes
+`comparison.md`, a table of every run's epochs, best validation figures and test metrics, each
+run named by the settings in which its config differs from the others' (`seed_everything=1`);
+for each group of runs that differ only in their seeds, the mean, standard deviation and 95%
+confidence interval of each figure; and one plot per metric with every run's curve, into
+`comparison/` beside the runs (or `--out`).
 """
 
 import argparse
 import csv
+import glob
 import math
 import os
 import re
@@ -37,13 +39,32 @@ Series = dict[str, list[tuple[float, float]]]
 
 def run_folder(path: str) -> Path:
     """`path` itself when it holds metrics.csv, else its newest version_N that does."""
+    return runs_in(path)[-1]
+
+
+def runs_in(path: str) -> list[Path]:
+    """The runs `path` names: itself when it holds metrics.csv, else each version_N in it that
+    does (an experiment's folder), in version order."""
     folder = Path(path)
     if (folder / "metrics.csv").is_file():
-        return folder
+        return [folder]
     versions = sorted(folder.glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[-1]))
     if not versions:
         raise ConfigError(f"{path} holds no metrics.csv (nor a version_N/ folder with one); give a litlab run directory.")
-    return versions[-1].parent
+    return [version.parent for version in versions]
+
+
+def named_runs(paths: list[str]) -> list[Path]:
+    """Every run the arguments name: run folders, experiments' folders (each of their runs) and
+    glob patterns the shell left alone (`'runs/digits-cnn/version_*'`)."""
+    folders = []
+    for path in paths:
+        matches = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
+        if not matches:
+            raise ConfigError(f"{path} matches no folder; give run folders, an experiment's folder, or a pattern that matches some.")
+        for match in matches:
+            folders.extend(runs_in(match))
+    return folders
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
@@ -299,15 +320,30 @@ def flat(config: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+SEEDS = ("seed_everything", "data.seed")  # the settings that draw a run's randomness, not its recipe
+
+
+def differences(configs: list[dict]) -> list[str]:
+    """The settings in which the runs' configs differ (their logger's aside)."""
+    flats = [flat(c) for c in configs]
+    keys = sorted({k for f in flats for k in f})
+    return [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1 and not k.startswith("trainer.logger")]
+
+
 def labels(configs: list[dict], folders: list[Path]) -> list[str]:
     """Each run named by the settings in which its config differs from the others' (at most
     three), else by its folder."""
-    flats = [flat(c) for c in configs]
-    keys = sorted({k for f in flats for k in f})
-    differ = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1 and not k.startswith("trainer.logger")]
+    differ = differences(configs)
     if not differ or not all(configs):
         return [run_name(folder) for folder in folders]
-    return [", ".join(f"{k}={f.get(k)}" for k in differ[:3]) for f in flats]
+    return [", ".join(f"{k}={flat(c).get(k)}" for k in differ[:3]) for c in configs]
+
+
+def recipes(configs: list[dict]) -> list[str]:
+    """Each run's recipe: the settings it differs in other than its seeds ("" where only seeds
+    differ). Runs of one recipe are repeats, whose spread the comparison gives."""
+    differ = [k for k in differences(configs) if k not in SEEDS]
+    return [", ".join(f"{k}={flat(c).get(k)}" for k in differ[:3]) for c in configs]
 
 
 def summary(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -326,8 +362,8 @@ def summary(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def compare(run_dirs: list[str], out: str | None = None) -> Path:
     """Write comparison.md and one plot per metric, every run's curve on it; returns comparison.md's path."""
-    folders = [run_folder(path) for path in run_dirs]
-    if len(set(folders)) < len(folders):
+    folders = named_runs(run_dirs)
+    if len(set(f.resolve() for f in folders)) < len(folders):
         raise ConfigError("The same run is named twice; give each run folder once.")
     rows = {}
     for folder in folders:
@@ -346,12 +382,20 @@ def compare(run_dirs: list[str], out: str | None = None) -> Path:
     for folder in folders:
         cells = [f"{figures[folder][c]:.4f}" if c in figures[folder] else "" for c in columns]
         lines.append(f"| {names[folder]} | `{folder}` | {int(figures[folder]['epochs'])} | " + " | ".join(cells) + " |")
-    shared = [c for c in columns if all(c in figures[f] for f in folders)]
-    if len(folders) > 1 and shared:
-        lines += ["", f"Over the {len(folders)} runs: mean, sample standard deviation and the 95% confidence "
-                  "interval of the mean (Student's t).", "", "| metric | mean | sd | 95% CI |", "|---|---|---|---|"]
+    # Runs that differ only in their seeds repeat one recipe: the spread of each figure over them.
+    groups: dict[str, list[Path]] = {}
+    for folder, recipe in zip(folders, recipes(configs) if all(configs) else [""] * len(folders)):
+        groups.setdefault(recipe, []).append(folder)
+    for recipe, members in groups.items():
+        shared = [c for c in columns if all(c in figures[f] for f in members)]
+        if len(members) < 2 or not shared:
+            continue
+        of = f"the {len(members)} runs" + (f" of {recipe}" if recipe else "") + (", which differ only in their seeds"
+                                                                                 if len(groups) == 1 and all(configs) else "")
+        lines += ["", f"Over {of}: mean, sample standard deviation and the 95% confidence interval of the mean "
+                  "(Student's t).", "", "| metric | mean | sd | 95% CI |", "|---|---|---|---|"]
         for column in shared:
-            mean, sd, half = spread([figures[f][column] for f in folders])
+            mean, sd, half = spread([figures[f][column] for f in members])
             lines.append(f"| {column} | {mean:.4f} | {sd:.4f} | {mean - half:.4f} to {mean + half:.4f} |")
 
     plots = []
@@ -375,8 +419,8 @@ def parser() -> argparse.ArgumentParser:
         description="Plots and a summary of a run from its own files, or a comparison of several runs.",
     )
     parser.add_argument("runs", nargs="+", metavar="RUN",
-                        help="a run folder (runs/NAME/version_N), or an experiment's folder (runs/NAME) for its newest "
-                             "run; several runs (runs/NAME/version_*) are compared")
+                        help="a run folder (runs/NAME/version_N), an experiment's folder (runs/NAME: each of its runs) "
+                             "or a pattern (runs/NAME/version_*); one run is reported, several are compared")
     parser.add_argument("--out", help="the folder a comparison is written to (default: comparison/ beside the runs)")
     return parser
 
@@ -384,8 +428,9 @@ def parser() -> argparse.ArgumentParser:
 def main(arguments: list[str]) -> Path:
     """`litlab report ...`: one run reported, several compared."""
     args = parser().parse_args(arguments)
-    if len(args.runs) == 1:
+    folders = named_runs(args.runs)
+    if len(folders) == 1:
         if args.out:
             raise ConfigError("--out is where a comparison goes; a single run's report is written into its report/ folder.")
-        return report(args.runs[0])
-    return compare(args.runs, args.out)
+        return report(str(folders[0]))
+    return compare([str(folder) for folder in folders], args.out)

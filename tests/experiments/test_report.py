@@ -14,12 +14,12 @@ FIELDS = ["epoch", "lr-AdamW/decay", "lr-AdamW/no_decay", "step", "test/acc", "t
           "val/acc", "val/loss"]
 
 
-def write_run(folder, seed: int, accuracy: list[float], test_acc: float) -> None:
+def write_run(folder, seed: int, accuracy: list[float], test_acc: float, lr: float = 0.001) -> None:
     """A finished run as `litlab fit` leaves it: config.yaml, metrics.csv (the CSV logger's rows:
     learning rates and the step's loss at steps, validation and training figures at epoch ends, the
     test after the last epoch) and a best checkpoint named by its epoch."""
     folder.mkdir(parents=True)
-    config = {"seed_everything": seed, "model": {"class_path": "models.Classifier", "init_args": {"num_classes": 10}},
+    config = {"seed_everything": seed, "model": {"class_path": "models.Classifier", "init_args": {"num_classes": 10, "lr": lr}},
               "data": {"class_path": "datamodules.DigitsDataModule", "init_args": {"batch_size": 64, "as_sequence": False}},
               "trainer": {"max_epochs": len(accuracy)}}
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -59,7 +59,7 @@ def test_three_seeds_are_compared_in_a_table_with_their_spread_and_overlaid_curv
         write_run(experiment / f"version_{seed}", seed, accuracy, test_acc)
     runs = [str(experiment / f"version_{seed}") for seed in accuracies]
 
-    code, out, err = litlab_main("report", *runs)
+    code, out, err = litlab_main("report", str(experiment))  # the experiment's folder: each of its runs
     assert code == 0, err
     folder = experiment / "comparison"
     assert f"Comparison written to {folder / 'comparison.md'}" in out
@@ -71,6 +71,7 @@ def test_three_seeds_are_compared_in_a_table_with_their_spread_and_overlaid_curv
     tests = [test for _, test in accuracies.values()]
     mean, sd = statistics.fmean(tests), statistics.stdev(tests)
     half = 4.303 * sd / math.sqrt(3)
+    assert "Over the 3 runs, which differ only in their seeds: mean" in text
     assert f"| test/acc | {mean:.4f} | {sd:.4f} | {mean - half:.4f} to {mean + half:.4f} |" in text
     best = [max(a) for a, _ in accuracies.values()]
     assert f"| best val/acc | {statistics.fmean(best):.4f} | {statistics.stdev(best):.4f} |" in text
@@ -97,3 +98,17 @@ def test_a_comparison_refuses_a_run_named_twice_and_a_folder_without_runs(litlab
     assert code == 2 and "holds no metrics.csv" in err
     code, _, err = litlab_main("report", str(tmp_path / "a"), "--out", str(tmp_path / "x"))
     assert code == 2 and "--out is where a comparison goes" in err
+
+
+def test_runs_of_two_recipes_get_the_spread_of_each_recipes_seeds(litlab_main, tmp_path):
+    experiment = tmp_path / "runs" / "digits-cnn"
+    for version, (seed, lr, test_acc) in enumerate([(0, 0.001, 0.9), (1, 0.001, 0.94), (0, 0.01, 0.8), (1, 0.01, 0.84)]):
+        write_run(experiment / f"version_{version}", seed, [0.5, test_acc], test_acc, lr=lr)
+    code, out, err = litlab_main("report", str(experiment / "version_*"), "--out", str(tmp_path / "lr"))  # a pattern
+    assert code == 0, err
+    text = (tmp_path / "lr" / "comparison.md").read_text()
+    assert "| model.lr=0.01, seed_everything=1 |" in text  # each run named by what differs
+    assert "Over the 2 runs of model.lr=0.001:" in text and "Over the 2 runs of model.lr=0.01:" in text
+    assert "| test/acc | 0.9200 | 0.0283 |" in text and "| test/acc | 0.8200 | 0.0283 |" in text
+    code, _, err = litlab_main("report", str(tmp_path / "none_*"))
+    assert code == 2 and "matches no folder" in err
