@@ -309,9 +309,9 @@ def main(args: list[str] | None = None) -> None:
             report.main(arguments[1:])
             return
         if any(arg in ("-h", "--help") or arg.endswith(".help") for arg in arguments):
-            # A help lists the tasks among --model's known subclasses: they are imported on first
-            # use otherwise, after the help is written.
-            for module in sorted(set(models.TASKS.values())):
+            # A help lists the tasks among --model's known subclasses, and the backbones among a
+            # backbone's: they are imported on first use otherwise, after the help is written.
+            for module in [*sorted(set(models.TASKS.values())), "models.backbones"]:
                 import_module(module)
         LitlabCLI(args=args)
     except SIGTERMException as stop:

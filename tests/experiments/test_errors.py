@@ -155,13 +155,18 @@ def test_the_command_starts_without_importing_what_only_some_runs_use_and_its_he
     import sys
 
     optional = ("wandb", "transformers", "timm", "onnx", "onnxruntime", "peft", "optuna")
-    script = (f"import sys, experiments.cli; print([m for m in {optional!r} if m in sys.modules]); "
-              "experiments.cli.main(['fit', '--help'])")
+    script = (f"import sys, experiments.cli; print([m for m in {optional!r} if m in sys.modules])\n"
+              "for args in (['fit', '--help'], ['fit', '--model.help', 'models.Classifier']):\n"
+              "    try:\n        experiments.cli.main(args)\n    except SystemExit:\n        print('=====')\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.splitlines()[0] == "[]", done.stdout[:2000] + done.stderr[-2000:]
-    # Yet a help names litlab's tasks among --model's known subclasses, though they load on first use.
-    model = " ".join(done.stdout.split("\n  --model CONFIG")[1].split("--data")[0].split())
+    # Yet a help names litlab's tasks among --model's known subclasses, and its backbones among a
+    # backbone's, though they load on first use.
+    fit_help, classifier_help = done.stdout.split("=====")[:2]
+    model = " ".join(fit_help.split("\n  --model CONFIG")[1].split("--data")[0].split())
     assert all(f"models.{task}" in model for task in ("Classifier", "SimCLR", "LanguageModel", "CLIP")), model
+    backbone = " ".join(classifier_help.split("\n  --model.backbone BACKBONE")[1].split("\n  --")[0].split())
+    assert all(f"models.backbones.{name}" in backbone for name in ("MLP", "CNN", "Transformer")), backbone[:3000]
 
 
 DISTILL = str(DEFAULTS.parent / "digits" / "distill.yaml")
