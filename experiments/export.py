@@ -218,6 +218,8 @@ class LitlabTrainer(Trainer):
 
         Args:
             ckpt_path: the checkpoint to resume (a .ckpt file, a run folder, or last).
+            weights_only: passed to Lightning's torch.load of --ckpt_path; litlab reads the file with its own
+                safe reader first (tensors and plain values only), so it is best left unset.
             allow_changes: resume although the config differs from the run's config.yaml in what
                 shapes training; the changes are recorded in the run's changes.yaml.
         """
@@ -236,6 +238,8 @@ class LitlabTrainer(Trainer):
 
         Args:
             ckpt_path: the checkpoint to score (a .ckpt file, a run folder, or last).
+            weights_only: passed to Lightning's torch.load of --ckpt_path; litlab reads the file with its own
+                safe reader first (tensors and plain values only), so it is best left unset.
         """
         return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
@@ -252,6 +256,8 @@ class LitlabTrainer(Trainer):
 
         Args:
             ckpt_path: the checkpoint to score (a .ckpt file, a run folder, or last).
+            weights_only: passed to Lightning's torch.load of --ckpt_path; litlab reads the file with its own
+                safe reader first (tensors and plain values only), so it is best left unset.
         """
         return super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
@@ -269,6 +275,8 @@ class LitlabTrainer(Trainer):
 
         Args:
             ckpt_path: the checkpoint to predict with (a .ckpt file, a run folder, or last).
+            weights_only: passed to Lightning's torch.load of --ckpt_path; litlab reads the file with its own
+                safe reader first (tensors and plain values only), so it is best left unset.
             inputs: new data to predict on instead of the test split: for image data an image
                 folder, an image file, or a .txt list of image paths (relative to the list's folder).
         """
