@@ -78,5 +78,7 @@ def test_a_worker_ends_when_its_trainer_is_killed_though_its_parent_is_the_fork_
         time.sleep(0.05)
     else:
         raise AssertionError("the worker outlived its trainer")
-    with pytest.raises(RuntimeError, match="exited unexpectedly"):
-        list(batches)  # the loader it served says so, rather than wait
+    # The loader it served fails rather than waits: "exited unexpectedly", or, where a batch it had
+    # sent is still to be read, the refused connection to fetch that batch's shared memory from it.
+    with pytest.raises((RuntimeError, ConnectionError)):
+        list(batches)
