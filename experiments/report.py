@@ -360,9 +360,9 @@ def summary(rows: list[dict[str, float]]) -> dict[str, float]:
     return figures
 
 
-def compare(run_dirs: list[str], out: str | None = None) -> Path:
-    """Write comparison.md and one plot per metric, every run's curve on it; returns comparison.md's path."""
-    folders = named_runs(run_dirs)
+def compare(folders: list[Path], out: str | None = None) -> Path:
+    """Write comparison.md and one plot per metric, every run's curve on it, for the run folders
+    `folders` (as `named_runs` finds them); returns comparison.md's path."""
     if len(set(f.resolve() for f in folders)) < len(folders):
         raise ConfigError("The same run is named twice; give each run folder once.")
     rows = {}
@@ -433,4 +433,4 @@ def main(arguments: list[str]) -> Path:
         if args.out:
             raise ConfigError("--out is where a comparison goes; a single run's report is written into its report/ folder.")
         return report(str(folders[0]))
-    return compare([str(folder) for folder in folders], args.out)
+    return compare(folders, args.out)
