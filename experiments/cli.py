@@ -37,7 +37,8 @@ from models.lightning_internals import leave_wandb_defaults
 from models.notices import ignore_dependency_deprecations, without_lightning_info
 
 DEFAULTS = Path(__file__).with_name("defaults.yaml")
-SUBCOMMANDS = ("fit", "validate", "test", "predict", "export")
+# Each subcommand and the method arguments its parser leaves out (LightningCLI's, and export).
+SUBCOMMANDS = {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
 DESCRIPTION = ("litlab: train, evaluate, predict with and export the models of YAML experiments "
                "(litlab fit --config experiments/digits/cnn.yaml). A run's plots and summary, or a comparison of runs: litlab report RUN [RUN ...].")
 
@@ -80,14 +81,18 @@ class LitlabCLI(LightningCLI):
             # Checkpoints are loaded by the configuration that names the model, never rebuilt from
             # what they hold, so Lightning need not save the config into the model's hyperparameters.
             load_from_checkpoint_support=False,
-            parser_kwargs={"description": DESCRIPTION, **{sub: {"default_config_files": [str(DEFAULTS)]} for sub in SUBCOMMANDS}},
+            parser_kwargs={"description": DESCRIPTION, **{sub: {"default_config_files": [str(DEFAULTS)]} for sub in self.subcommands()}},
             args=args,
             **kwargs,
         )
 
-    @staticmethod
-    def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
+    def subcommands(self) -> dict[str, set[str]]:
+        """The subcommand this command runs, alone, or every one where none is named (`litlab
+        --help`, a mistyped one): each subcommand's parser holds the trainer's, the model's and the
+        data's every argument, and building the four that a command does not run took a quarter
+        of its parse."""
+        chosen = self._args[0] if self._args else None
+        return {chosen: SUBCOMMANDS[chosen]} if chosen in SUBCOMMANDS else SUBCOMMANDS
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The data knows its classes and its vocabulary; the model is told, never typed twice.

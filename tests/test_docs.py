@@ -143,20 +143,26 @@ class Parsed:
 
 
 class _Parser:
-    """LitlabCLI's parser, built by the first trainer command as `litlab` builds it, then reused for
-    each command's arguments through LitlabCLI.parse_arguments (check_arguments, then jsonargparse).
-    Building it costs as much as parsing; each command is still parsed on its own, once."""
+    """LitlabCLI's parser of each subcommand, built by its first command as `litlab` builds it, then
+    reused for that subcommand's commands through LitlabCLI.parse_arguments (check_arguments, then
+    jsonargparse). Building it costs as much as parsing; each command is still parsed on its own, once."""
 
-    cli = parser = None
+    built: dict[str, tuple] = {}  # subcommand -> (the CLI, its parser)
     cache: dict[tuple[str, ...], Parsed] = {}
 
     @classmethod
-    def build_and_parse(cls, argv: list[str]) -> None:
+    def parse(cls, argv: list[str]) -> None:
         from experiments.cli import LitlabCLI
+
+        if argv[0] in cls.built:
+            cli, parser = cls.built[argv[0]]
+            cli._args = argv
+            cli.parse_arguments(parser, argv)
+            return
 
         class KeepParser(LitlabCLI):
             def parse_arguments(self, parser, args) -> None:
-                cls.cli, cls.parser = self, parser
+                cls.built[argv[0]] = self, parser
                 super().parse_arguments(parser, args)
 
         KeepParser(args=argv)
@@ -186,11 +192,8 @@ def parse(args: tuple[str, ...]) -> Parsed:
                 raise SystemExit(0)
             if argv[0] not in TRAINER_SUBCOMMANDS:
                 main(argv)  # anything else is refused there
-            elif _Parser.parser is None:
-                _Parser.build_and_parse(argv)
             else:
-                _Parser.cli._args = argv
-                _Parser.cli.parse_arguments(_Parser.parser, argv)
+                _Parser.parse(argv)
         code = 1  # --print_config exits; returning means it printed nothing
         err.write("the command parsed but did not print its config")
     except SystemExit as exit:
