@@ -17,11 +17,11 @@ train: $(STAMP)
 	$(BIN)/litlab fit --config $(EXPERIMENT)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n auto
+	$(BIN)/python -m pytest -n auto --dist worksteal
 
 # Everything not marked slow (no learning claims, no chains of fits, no subprocess runs): the tier for iteration.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -n auto -m "not slow"
+	$(BIN)/python -m pytest -n auto --dist worksteal -m "not slow"
 
 # The backbone shape and gradient tests on a backbone of your own: make test-backbone BACKBONE=my_nets[:Class]
 test-backbone: $(STAMP)

@@ -14,6 +14,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                           "litlab (importable; repeatable): tests/models/backbones/test_backbones.py")
 
 
+# The tests that run for a minute or more, longest first. They start first, and the hundreds of
+# short tests fill in behind them: with `--dist worksteal` (make test) a core that runs out of work
+# takes over half of the other's queue, so no long test is left running alone at the end while the
+# other core idles. A name missing here only changes the order, never what runs.
+LONGEST = (
+    "test_a_ddp_fit_killed_at_random_moments_resumes_bit_identical",
+    "test_simclr_pretraining_beats_training_from_scratch_on_few_labels",
+    "test_a_fit_killed_and_preempted_at_random_moments_resumes_bit_identical",
+    "test_a_short_pretraining_beats_zlib_on_held_out_text_and_pays_off_in_few_label_fine_tuning",
+    "test_with_all_labels_a_patient_consistent_teacher_beats_the_student_alone",
+    "test_simclr_killed_at_random_moments_resumes_bit_identical",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first, then the rest of the slow tier, then the fast tests (a stable sort: file order within each)."""
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        name = getattr(item, "originalname", item.name)
+        if name in LONGEST:
+            return 0, LONGEST.index(name)
+        return (1 if item.get_closest_marker("slow") else 2), 0
+
+    items.sort(key=rank)
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run each test in a fresh directory with W&B offline and no W&B credentials."""
