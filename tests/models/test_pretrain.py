@@ -58,14 +58,15 @@ def test_simclr_pretraining_beats_training_from_scratch_on_few_labels(cli):
     assert float([r for r in rows if r.get("val/knn_acc")][-1]["val/knn_acc"]) > 0.9  # the monitors see a useful representation
     assert simclr.trainer.callback_metrics["test/probe_acc"] > 0.8  # and the probe, tested once on the test split
     scratch, pretrained = [], []
-    for seed in (0, 1, 2):
+    for seed in (0, 1):
         finetune = ["fit", "--config", str(DIGITS / "finetune.yaml"), f"--seed_everything={seed}"]
         pretrained.append(float(cli(*finetune).trainer.callback_metrics["test/acc"]))
         scratch.append(float(cli(*finetune, "--model.checkpoint=null").trainer.callback_metrics["test/acc"]))
     print(f"scratch {scratch} pretrained {pretrained}")
     # Measured: scratch 90.8 / 90.6 / 90.3, pretrained 97.2 / 95.8 / 96.1 (fine-tuning seeds 0, 1, 2),
-    # a 5.8-point mean gain (2.2 under the previous training order). Held to what was real under both: better
-    # on every seed, by at least one point on average.
+    # a 5.8-point mean gain (2.2 under the previous training order). The test runs seeds 0 and 1 (5.8 points)
+    # for two thirds of the fine-tuning cost, held to what was real under both orders: better on every
+    # seed, by at least one point on average.
     assert all(p > s for p, s in zip(pretrained, scratch))
     assert statistics.mean(pretrained) - statistics.mean(scratch) >= 0.01
 
