@@ -17,7 +17,6 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from models.contract import IGNORE_INDEX, Batch
@@ -63,6 +62,8 @@ def split_index(
     if n - keep < len(counts) or int(counts.min()) < 2:
         # Too few samples to give both sides every class (a handful of images): split at random.
         return split_index(n, fraction, seed)
+    from sklearn.model_selection import train_test_split  # only a labelled split needs it, not every start-up
+
     kept, rest = train_test_split(index.numpy(), train_size=keep, stratify=labels.numpy(), random_state=seed)
     return torch.as_tensor(sorted(kept)), torch.as_tensor(sorted(rest))
 

@@ -8,8 +8,6 @@ import math
 from typing import Literal
 
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from datamodules.base import BatchScope, Splits, TensorSamples, Unlabelled
 from datamodules.images import ImageDataModule, rows_as_sequence
@@ -72,6 +70,10 @@ def digits_splits(
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """All 1,797 images (N, 1, 8, 8) in [0, 1], their labels (N,), and the seeded, stratified
     (train, val, test) positions: the one split every digits DataModule uses."""
+    # Imported here, when digits are loaded: scikit-learn is a tenth of a second of every start-up otherwise.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     digits = load_digits()
     images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
     labels = torch.as_tensor(digits.target, dtype=torch.long)

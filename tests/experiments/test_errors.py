@@ -150,11 +150,12 @@ def test_the_installed_command_exits_with_status_2_and_one_line(litlab):
 
 @pytest.mark.slow
 def test_the_command_starts_without_importing_what_only_some_runs_use_and_its_help_names_the_tasks():
-    # W&B, the model zoos, ONNX and the sweeps load when a run uses them, not for a --help or a typo.
+    # W&B, the model zoos, ONNX, the sweeps and scikit-learn (the digits' loader and stratified
+    # splits) load when a run uses them, not for a --help or a typo.
     import subprocess
     import sys
 
-    optional = ("wandb", "transformers", "timm", "onnx", "onnxruntime", "peft", "optuna")
+    optional = ("wandb", "transformers", "timm", "onnx", "onnxruntime", "peft", "optuna", "sklearn")
     script = (f"import sys, experiments.cli; print([m for m in {optional!r} if m in sys.modules])\n"
               "for args in (['fit', '--help'], ['fit', '--model.help', 'models.Classifier']):\n"
               "    try:\n        experiments.cli.main(args)\n    except SystemExit:\n        print('=====')\n")
