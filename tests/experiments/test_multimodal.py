@@ -21,9 +21,10 @@ def chance_recall(caption_ids: torch.Tensor) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_clip_classifies_held_out_digits_zero_shot_and_retrieves_far_above_chance(cli, seed, tmp_path):
-    # Measured test zero-shot accuracy of this recipe: 93.3%, 91.7% and 96.7% for seeds 0, 1, 2 (README).
+    # Measured test zero-shot accuracy of this recipe: 93.3%, 91.7% and 96.7% for seeds 0, 1, 2 (docs/clip.md);
+    # the test holds seeds 0 and 1, the weakest among them, at two thirds the cost.
     run = cli("fit", "--config", CLIP_YAML, f"--seed_everything={seed}")
     metrics = run.trainer.callback_metrics
     assert float(metrics["test/zeroshot_acc"]) >= 0.90  # chance is 0.10
