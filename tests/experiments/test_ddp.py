@@ -13,31 +13,10 @@ TWO_PROCESSES = [
 
 
 @pytest.mark.slow
-def test_a_ddp_fit_makes_one_run_and_tests_a_set_that_does_not_divide_as_one_process_does(litlab, cli, wandb_run, tmp_path):
-    # 359 test digits over two processes: every one counted once, none repeated to pad a rank.
-    odd = "--data.test_fraction=0.1995"
-    mlp = str(DEFAULTS.parent / "digits" / "mlp.yaml")
-    # W&B offline for the subprocess (the `cli` fixture disables it for in-process runs).
-    result = litlab("fit", "--config", mlp, odd, *TWO_PROCESSES, "--trainer.max_epochs=2", timeout=300,
-                    env={"WANDB_MODE": "offline"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    # Rank zero alone speaks and writes: one summary, one CSV run, one W&B run.
-    assert result.stdout.count("test/acc = ") == 1
-    assert float(result.stdout.split("test/acc = ")[1].split()[0]) > 0.85
-    (run,) = (tmp_path / "runs" / "digits-mlp").iterdir()
-    (run_dir,) = (tmp_path / "runs" / "wandb").glob("offline-run-*")
-    history = wandb_run(run_dir)["history"]
-    assert len([row for row in history if "val/acc" in row]) == 2
-    # The best checkpoint, tested by one process, gives the figures the two processes reported.
-    (best,) = (run / "checkpoints").glob("best-*.ckpt")
-    single = cli("test", "--config", mlp, odd, f"--ckpt_path={best}")
-    assert len(single.datamodule.test_dataset) == 359
-    for key in ("test/acc", "test/loss", "test/f1"):
-        assert f"{key} = {float(single.trainer.callback_metrics[key]):.4f}" in result.stdout
-
-
-@pytest.mark.slow
-def test_distillation_on_two_cpu_processes_completes_and_saves_the_student_alone(litlab, tmp_path):
+def test_a_ddp_distillation_makes_one_run_saves_the_student_alone_and_tests_as_one_process_does(
+        litlab, cli, wandb_run, tmp_path):
+    # A task with a frozen second network (the teacher) on two processes. 359 test digits over two
+    # processes: every one counted once, none repeated to pad a rank.
     import torch
 
     from models import Classifier
@@ -47,20 +26,29 @@ def test_distillation_on_two_cpu_processes_completes_and_saves_the_student_alone
     teacher = Classifier(backbone=CNN(channels=[32, 64]), num_classes=10)
     teacher.backbone.eval()(torch.zeros(2, 1, 8, 8))
     torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
-    result = litlab(
-        "fit",
-        "--config", str(DEFAULTS.parent / "digits" / "distill.yaml"),
-        f"--model.teacher_checkpoint={tmp_path / 'teacher.pt'}",
-        *TWO_PROCESSES,
-        "--trainer.max_epochs=2",
-        timeout=300,
-    )
+    # An untrained teacher: the labels alone teach (alpha 0), so the student must still learn.
+    distill = ["--config", str(DEFAULTS.parent / "digits" / "distill.yaml"), "--data.test_fraction=0.1995",
+               f"--model.teacher_checkpoint={tmp_path / 'teacher.pt'}", "--model.alpha=0.0"]
+    # W&B offline for the subprocess (the `cli` fixture disables it for in-process runs).
+    result = litlab("fit", *distill, *TWO_PROCESSES, "--trainer.max_epochs=2", timeout=300,
+                    env={"WANDB_MODE": "offline"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("test/teacher_acc = ") == 1  # rank zero alone reports
     assert "Global batch size 128 = 64 per device x 2 process(es)" in result.stderr + result.stdout
-    (best,) = (tmp_path / "runs" / "digits-distill" / "version_0" / "checkpoints").glob("best-epoch*.ckpt")
+    # Rank zero alone speaks and writes: one summary, one CSV run, one W&B run.
+    assert result.stdout.count("test/acc = ") == 1 and result.stdout.count("test/teacher_acc = ") == 1
+    assert float(result.stdout.split("test/acc = ")[1].split()[0]) > 0.3  # chance 0.1; measured 0.476 in 2 epochs
+    (run,) = (tmp_path / "runs" / "digits-distill").iterdir()
+    (run_dir,) = (tmp_path / "runs" / "wandb").glob("offline-run-*")
+    history = wandb_run(run_dir)["history"]
+    assert len([row for row in history if "val/acc" in row]) == 2
+    (best,) = (run / "checkpoints").glob("best-*.ckpt")
     state = torch.load(best, weights_only=True)["state_dict"]
     assert {k.split(".")[0] for k in state} == {"backbone", "head"}  # the student's, no teacher weight
+    # The best checkpoint, tested by one process, gives the figures the two processes reported.
+    single = cli("test", *distill, f"--ckpt_path={best}")
+    assert len(single.datamodule.test_dataset) == 359
+    for key in ("test/acc", "test/loss", "test/f1", "test/teacher_acc"):
+        assert f"{key} = {float(single.trainer.callback_metrics[key]):.4f}" in result.stdout, key
 
 
 @pytest.mark.slow
