@@ -110,17 +110,20 @@ def test_report_plots_a_finished_run_and_one_killed_mid_way(fitted, litlab, litl
     assert (killed / "report" / "loss.png").is_file() and not (killed / "report" / "confusion.png").exists()
 
 
-def test_test_and_predict_from_the_checkpoint(fitted, litlab):
+def test_test_and_predict_from_the_checkpoint(fitted, litlab_main, monkeypatch):
+    # In process (main(), as the console script calls it): the fit and the report above prove the
+    # installed command, and each process start costs seconds of imports.
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # W&B keeps process-wide state; the fit's offline run is read above
     cwd, fit = fitted
     (best,) = (cwd / "runs" / "digits-mlp").glob("version_0/checkpoints/best-epoch*.ckpt")
     accuracy = float(fit.stdout.split("test/acc = ")[1].split()[0])
 
-    tested = litlab("test", "--config", MLP, "--ckpt_path", str(best), "--trainer.enable_progress_bar=false")
-    assert tested.returncode == 0, tested.stderr[-3000:]
-    assert f"test/acc = {accuracy:.4f}" in tested.stdout
+    code, out, err = litlab_main("test", "--config", MLP, "--ckpt_path", str(best), "--trainer.enable_progress_bar=false")
+    assert code == 0, err[-3000:]
+    assert f"test/acc = {accuracy:.4f}" in out
 
-    predicted = litlab("predict", "--config", MLP, "--ckpt_path", str(best), "--trainer.enable_progress_bar=false")
-    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    code, _, err = litlab_main("predict", "--config", MLP, "--ckpt_path", str(best), "--trainer.enable_progress_bar=false")
+    assert code == 0, err[-3000:]
     # Into the run the checkpoint belongs to, wherever the command runs; no new version_N anywhere.
     out = cwd / "runs" / "digits-mlp" / "version_0" / "predict" / "predictions.csv"
     assert not Path("runs", "digits-mlp").exists() and [p.name for p in out.parents[2].iterdir()] == ["version_0"]
