@@ -164,8 +164,10 @@ def process_of_rank(run: subprocess.Popen, rank: int) -> int:
 
 
 def kill_and_resume(tmp_path: Path, experiment: str, flags: list[str], signals: list[int], every: int,
-                    seed: int, processes: int = 1, to: list[str] | None = None) -> list[str]:
-    """Run the recipe once uninterrupted; run it again, stopping it with each of `signals` in turn
+                    seed: int, to: list[str] | None = None, cli=None) -> list[str]:
+    """Run the recipe once uninterrupted (in this process through `cli`, the `cli` fixture, where
+    given: a one-process run needs no process of its own to be the reference, and each start is
+    seconds of imports); run it again, stopping it with each of `signals` in turn
     at a seeded random moment after it has saved a checkpoint, and resuming it with
     `--ckpt_path last` (a SIGKILL goes to the whole job; another signal to its main process, or as
     `to` says: "group", every process of the job, as SLURM sends it; "rank 1", that DDP process
@@ -193,9 +195,14 @@ def kill_and_resume(tmp_path: Path, experiment: str, flags: list[str], signals: 
         return run.log.read()
 
     (tmp_path / "reference").mkdir()
-    reference = start(tmp_path / "reference")
-    assert reference.wait(timeout=400) == 0, stderr(reference)[-3000:]
-    reference_run = tmp_path / "reference" / "runs" / name / "version_0"
+    if cli is not None:
+        os.chdir(tmp_path / "reference")
+        reference_run = Path(cli(*base).trainer.log_dir).resolve()
+        os.chdir(tmp_path)
+    else:
+        reference = start(tmp_path / "reference")
+        assert reference.wait(timeout=400) == 0, stderr(reference)[-3000:]
+        reference_run = tmp_path / "reference" / "runs" / name / "version_0"
 
     chain = tmp_path / "chain"
     chain.mkdir()
@@ -240,20 +247,20 @@ def kill_and_resume(tmp_path: Path, experiment: str, flags: list[str], signals: 
 
 
 @pytest.mark.slow
-def test_a_fit_killed_and_preempted_at_random_moments_resumes_bit_identical(tmp_path):
+def test_a_fit_killed_and_preempted_at_random_moments_resumes_bit_identical(tmp_path, cli):
     # Per-sample augmentation in two worker processes, dropout, a cosine schedule; 20 steps an epoch.
     # A Ctrl-C (SIGINT) is a preemption by hand: it stops, saves and resumes as SIGTERM does.
     signals = [signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGKILL]
     flags = ["--trainer.max_epochs=6", "--data.num_workers=2", "--model.backbone.dropout=0.2"]
-    outcomes = kill_and_resume(tmp_path, "cnn_augment", flags, signals, every=5, seed=0)
+    outcomes = kill_and_resume(tmp_path, "cnn_augment", flags, signals, every=5, seed=0, cli=cli)
     assert [o.split()[0] for o in outcomes] == ["SIGKILL", "SIGTERM", "SIGINT", "SIGUSR1", "SIGKILL"], outcomes
 
 
 @pytest.mark.slow
-def test_simclr_killed_at_random_moments_resumes_bit_identical(tmp_path):
+def test_simclr_killed_at_random_moments_resumes_bit_identical(tmp_path, cli):
     # Two views augmented on the device from the DataModule's generator; 10 steps an epoch.
     flags = ["--trainer.max_epochs=6", "--data.batch_size=128"]
-    outcomes = kill_and_resume(tmp_path, "simclr", flags, [signal.SIGKILL] * 4, every=3, seed=1)
+    outcomes = kill_and_resume(tmp_path, "simclr", flags, [signal.SIGKILL] * 4, every=3, seed=1, cli=cli)
     assert len(outcomes) == 4 and all("SIGKILL" in o for o in outcomes)
 
 
