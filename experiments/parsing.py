@@ -8,8 +8,10 @@ import re
 import sys
 from pathlib import Path
 
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningArgumentParser
 
+from models.backbones.registry import BACKBONES
 from models.errors import ConfigError
 
 BOILERPLATE = (
@@ -56,7 +58,35 @@ def config_error_in(err: BaseException) -> ConfigError | FileNotFoundError | Non
     return None
 
 
+KNOWN = ", known subclasses: "
+# Packages whose modules are parts of networks, not networks a task is given: a help lists none
+# of their classes as a backbone (litlab's zoo backbones wrap the model zoos' networks).
+NOT_BACKBONES = ("torch", "torchvision", "torchmetrics", "lightning", "timm", "transformers", "peft",
+                 "models", "datamodules", "callbacks", "experiments")
+
+
+class LitlabHelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help, but an argument that takes a network (typed `nn.Module`, as every
+    task's backbone is) lists litlab's registered backbones and the user's own imported modules
+    as its known subclasses, not every module torch and torchvision define (hundreds of lines).
+    Any importable `nn.Module` is still accepted."""
+
+    def _get_help_string(self, action) -> str:
+        text = super()._get_help_string(action)
+        head, known, listed = text.rpartition(KNOWN)
+        paths = listed.removesuffix(")").split(", ")
+        if not known or "torch.nn.Module" not in paths:
+            return text
+        backbones = set(BACKBONES.values())
+        kept = [path for path in paths
+                if path.split(".")[0] not in NOT_BACKBONES or pydoc.locate(path) in backbones]
+        return f"{head}{KNOWN}{', '.join(kept)})" if kept else f"{head})"
+
+
 class LitlabArgumentParser(LightningArgumentParser):
+    def __init__(self, *args, formatter_class=LitlabHelpFormatter, **kwargs) -> None:
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:  # jsonargparse is trying alternatives; let it.
             super().error(message, ex)

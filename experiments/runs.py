@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -198,6 +199,48 @@ def release_claimed() -> None:
         if folder.is_dir() and all(p.name in PREAMBLE for p in folder.iterdir()):
             shutil.rmtree(folder)
     CLAIMED.clear()
+
+
+class RunWandbLogger(WandbLogger):
+    """Lightning's WandbLogger, the logger `experiments/defaults.yaml` names, with its arguments
+    and W&B's most used run settings spelled out. The parent's signature types its `experiment`
+    argument with names from wandb, which jsonargparse resolves by importing wandb (a third of a
+    second) as it parses any config, a `--help` or a mistyped flag included; here wandb is
+    imported when the run starts. A live run cannot come from a config, so `experiment` is not
+    an argument; any other `wandb.init` setting passes through `dict_kwargs` as before.
+
+    Args:
+        name: The run's name on W&B; litlab also files the local run under it (runs/<name>/version_N).
+        save_dir: Where the run's files go (runs/ in litlab's defaults).
+        version: The W&B run id to use (same as ``id``).
+        offline: Log offline, to upload later with ``wandb sync``.
+        dir: Same as ``save_dir``.
+        id: The W&B run id to use; a resumed litlab run sets it to the run's own.
+        anonymous: Log anonymously (a W&B setting that W&B itself deprecates).
+        project: The W&B project.
+        log_model: Upload checkpoints to W&B as artifacts: ``True`` at the end, ``"all"`` as they are saved.
+        prefix: Prepended to every metric's name.
+        checkpoint_name: The name of the checkpoint artifacts.
+        add_file_policy: Whether uploaded checkpoint files are ``"mutable"`` or ``"immutable"``.
+        tags: Tags to find the run by on W&B.
+        group: A group to gather runs under (seeds or folds of one experiment, say).
+        notes: A longer description of the run.
+        entity: The W&B user or team the run belongs to.
+        job_type: The kind of run (training, evaluation, ...), to filter runs on W&B.
+    """
+
+    def __init__(self, name: str | None = None, save_dir: str | Path = ".", version: str | None = None,
+                 offline: bool = False, dir: str | Path | None = None, id: str | None = None,
+                 anonymous: bool | None = None, project: str | None = None, log_model: Literal["all"] | bool = False,
+                 prefix: str = "", checkpoint_name: str | None = None,
+                 add_file_policy: Literal["mutable", "immutable"] = "mutable", tags: list[str] | None = None,
+                 group: str | None = None, notes: str | None = None, entity: str | None = None,
+                 job_type: str | None = None, **kwargs: Any) -> None:
+        run = dict(tags=tags, group=group, notes=notes, entity=entity, job_type=job_type)
+        settings = {**{key: value for key, value in run.items() if value is not None}, **kwargs}
+        super().__init__(name=name, save_dir=save_dir, version=version, offline=offline, dir=dir, id=id,
+                         anonymous=anonymous, project=project, log_model=log_model, prefix=prefix,
+                         checkpoint_name=checkpoint_name, add_file_policy=add_file_policy, **settings)
 
 
 class RunCSVLogger(CSVLogger):

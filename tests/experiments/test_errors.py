@@ -151,23 +151,32 @@ def test_the_installed_command_exits_with_status_2_and_one_line(litlab):
 @pytest.mark.slow
 def test_the_command_starts_without_importing_what_only_some_runs_use_and_its_help_names_the_tasks():
     # W&B, the model zoos, ONNX, the sweeps and scikit-learn (the digits' loader and stratified
-    # splits) load when a run uses them, not for a --help or a typo.
+    # splits) load when a run uses them, not for a --help or a typo: not at import, and not once
+    # the parse has read the default config, whose logger is W&B's.
     import subprocess
     import sys
 
     optional = ("wandb", "transformers", "timm", "onnx", "onnxruntime", "peft", "optuna", "sklearn")
-    script = (f"import sys, experiments.cli; print([m for m in {optional!r} if m in sys.modules])\n"
-              "for args in (['fit', '--help'], ['fit', '--model.help', 'models.Classifier']):\n"
-              "    try:\n        experiments.cli.main(args)\n    except SystemExit:\n        print('=====')\n")
+    loaded = f"print([m for m in {optional!r} if m in sys.modules])"
+    script = (f"import sys, experiments.cli; {loaded}\n"
+              "for args in (['fit', '--help'], ['fit', '--model.help', 'models.Classifier'],\n"
+              f"             ['fit', '--config', {CNN!r}, '--trainer.max_epochz=3']):\n"
+              "    try:\n        experiments.cli.main(args)\n    except SystemExit:\n        print('=====')\n"
+              f"{loaded}\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stdout.splitlines()[0] == "[]", done.stdout[:2000] + done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and lines[0] == lines[-1] == "[]", done.stdout[:2000] + done.stderr[-2000:]
+    assert "unrecognized arguments: --trainer.max_epochz=3" in done.stderr
     # Yet a help names litlab's tasks among --model's known subclasses, and its backbones among a
-    # backbone's, though they load on first use.
+    # backbone's (not the hundreds of modules torch and torchvision define), though they load on first use.
     fit_help, classifier_help = done.stdout.split("=====")[:2]
     model = " ".join(fit_help.split("\n  --model CONFIG")[1].split("--data")[0].split())
     assert all(f"models.{task}" in model for task in ("Classifier", "SimCLR", "LanguageModel", "CLIP")), model
-    backbone = " ".join(classifier_help.split("\n  --model.backbone BACKBONE")[1].split("\n  --")[0].split())
-    assert all(f"models.backbones.{name}" in backbone for name in ("MLP", "CNN", "Transformer")), backbone[:3000]
+    backbone = "".join(classifier_help.split("\n  --model.backbone BACKBONE")[1].split("\n  --")[0].split())
+    known = backbone.split("knownsubclasses:")[1].rstrip(")").split(",")
+    assert set(known) == {f"models.backbones.{name}" for name in
+                          ("MLP", "CNN", "ResNet", "RNN", "Transformer", "Torchvision", "Timm")}, backbone[:3000]
+    assert len(classifier_help.splitlines()) < 80
 
 
 DISTILL = str(DEFAULTS.parent / "digits" / "distill.yaml")
