@@ -6,7 +6,7 @@ in the loader or per batch on the model's device (`augment.on_device`); evaluati
 are only normalised. A recipe with `views > 1` serves the field `views` instead of `input`.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 
 import torch
@@ -157,8 +157,8 @@ class ImageDataModule(DataModule):
         self._generator = None  # rebuilt on the next batch, on its device, from the saved state
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
-        if not self.on_device:
-            return batch
+        if not self.on_device or not isinstance(batch, Mapping):
+            return batch  # a bare tensor is model input already (the model summary's example), not a batch
         batch = dict(batch)
         x = batch.pop("input")
         if not hasattr(self, "batch_augment"):

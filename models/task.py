@@ -4,7 +4,8 @@ A task (Classifier, SimCLR, FineTune, Distill, LanguageModel, CLIP) is a Lightni
 each of them:
 
 - sizing of lazy layers from the data contract's `example_input`, in `setup`, and a warning there
-  when a part's pretrained weights expect inputs normalised otherwise than the data does;
+  when a part's pretrained weights expect inputs normalised otherwise than the data does; one
+  sample of it is the model summary's input, so the summary gives each layer's sizes and FLOPs;
 - the optimizer / schedule / warmup arguments, and `configure_optimizers` through `models/optim.py`;
 - per-part learning-rate scales (`self.lr_scales`) and parts trained without weight decay (`self.no_decay`);
 - reusable parts: `load_part` fills a submodule from a checkpoint, strictly and safely, and
@@ -127,7 +128,17 @@ class Task(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         self._check_preprocessing()
-        self.size_lazy_layers(self.trainer.datamodule)
+        datamodule = self.trainer.datamodule
+        self.size_lazy_layers(datamodule)
+        if stage == "fit" and self.example_input_array is None and hasattr(datamodule, "example_input"):
+            # The model summary (before the first epoch) runs one sample forward, without gradients,
+            # to give each layer's input and output sizes and its FLOPs; without it, FLOPs read 0.
+            self.example_input_array = self.summary_input(datamodule.example_input)
+
+    def summary_input(self, example: torch.Tensor) -> torch.Tensor | None:
+        """What the model summary runs forward: one sample of the data's `example_input`, or
+        None where a pass of that sample would cost more than the summary is worth."""
+        return example[:1]
 
     def size_lazy_layers(self, datamodule) -> None:
         """Size the lazy layers from the data's `example_input` (once; later calls do nothing)."""

@@ -55,3 +55,15 @@ def test_fit_learns_and_predict_gives_classes_and_probabilities():
     assert torch.equal(torch.cat([b["pred"] for b in batches]), probs.argmax(-1))
     accuracy = (torch.cat([b["pred"] for b in batches]) == torch.cat([b["target"] for b in batches])).float().mean()
     assert accuracy == pytest.approx(results["test/acc"], abs=1e-6)
+
+
+def test_the_model_summary_gets_one_sample_of_the_data_and_counts_its_flops():
+    # Without an input the summary's FLOPs column reads 0; a linear layer costs 2 x in x out a sample.
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+
+    model = classifier(backbone=MLP(width=32, depth=2))
+    trainer = L.Trainer(fast_dev_run=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=DigitsDataModule())
+    assert model.example_input_array.shape == (1, 1, 8, 8)
+    linear = sum(2 * m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert ModelSummary(model).total_flops == linear > 0
