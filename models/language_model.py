@@ -26,7 +26,7 @@ class LanguageModel(Task):
     the loss in bits (per byte, with the byte-level tokenizer) and `val/ppl` its perplexity.
     `compile` wraps the backbone in `torch.compile`. A causal model continues `sample_prompts`
     after every validation (`on_validation_end`), and `litlab predict` continues its prompts, each
-    by `sample_tokens` new tokens drawn at `temperature` from the `top_k` likeliest (none: from
+    by `max_new_tokens` new tokens drawn at `temperature` from the `top_k` likeliest (none: from
     all; temperature 0: always the likeliest).
     """
 
@@ -39,7 +39,7 @@ class LanguageModel(Task):
         warmup_fraction: float | None = None,
         compile: bool = False,
         sample_prompts: list[str] | None = None,
-        sample_tokens: int = 80,
+        max_new_tokens: int = 80,
         temperature: float = 0.8,
         top_k: int | None = 40,
     ) -> None:
@@ -65,16 +65,16 @@ class LanguageModel(Task):
         self.eval_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
         if sample_prompts and objective != "causal":
             raise ConfigError("sample_prompts needs a causal model; a masked model does not continue text.")
-        check_positive("LanguageModel", sample_tokens=sample_tokens)
+        check_positive("LanguageModel", max_new_tokens=max_new_tokens)
         if temperature < 0 or (top_k is not None and top_k < 1):
             raise ConfigError(f"temperature must be 0 or more and top_k at least 1 (or null for every token); got "
                               f"temperature={temperature}, top_k={top_k}.")
-        self.sample_prompts, self.sample_tokens = sample_prompts or [], sample_tokens
+        self.sample_prompts, self.max_new_tokens = sample_prompts or [], max_new_tokens
         self.temperature, self.top_k = temperature, top_k
 
     def on_validation_end(self) -> None:
         """The quickest read of what the model has learnt: each of `sample_prompts` continued by
-        `sample_tokens` tokens (at `temperature`, from the `top_k` likeliest), from the same seed every
+        `max_new_tokens` tokens (at `temperature`, from the `top_k` likeliest), from the same seed every
         epoch so epochs compare; printed, and logged to W&B as a table. Rank zero alone
         generates: the unwrapped module runs no collective, so the others need not wait."""
         trainer = self.trainer
@@ -82,7 +82,7 @@ class LanguageModel(Task):
             return
         rows = []
         for prompt in self.sample_prompts:
-            tokens = self.generate(encode(prompt), self.sample_tokens, self.temperature, self.top_k,
+            tokens = self.generate(encode(prompt), self.max_new_tokens, self.temperature, self.top_k,
                                    generator=torch.Generator().manual_seed(0))
             rows.append([trainer.current_epoch, prompt, decode(tokens)])
         print("\n".join(f"[epoch {epoch}] {prompt!r} -> {prompt + text!r}" for epoch, prompt, text in rows), flush=True)
@@ -126,9 +126,9 @@ class LanguageModel(Task):
         self.log(f"{stage}/ppl", loss.exp())
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, str]:
-        """The continuation of one prompt, sampled as `sample_tokens` tokens with a seed of its own."""
+        """The continuation of one prompt, sampled as `max_new_tokens` tokens with a seed of its own."""
         generator = torch.Generator().manual_seed(derived_seed(run_seed(), batch_idx))
-        tokens = self.generate(batch["input"], self.sample_tokens, self.temperature, self.top_k, generator=generator)
+        tokens = self.generate(batch["input"], self.max_new_tokens, self.temperature, self.top_k, generator=generator)
         return {"prompt": batch["prompt"], "continuation": decode(tokens)}
 
     @torch.no_grad()

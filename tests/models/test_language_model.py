@@ -158,7 +158,7 @@ def test_samples_after_validation_and_predict_continues_a_prompts_file(cli, caps
     assert tables[0] == tables[1]  # seeded: the same continuations every time
     # --inputs names the prompts, and the sampling is set on the model: temperature 0 is the greedy continuation.
     run = cli("predict", "--config", gpt_yaml, *small, f"--ckpt_path={checkpoint}", "--inputs", str(prompts),
-              "--model.temperature=0", "--model.sample_tokens=6")
+              "--model.temperature=0", "--model.max_new_tokens=6")
     with open(Path(run.trainer.log_dir) / "predictions.csv", newline="", encoding="utf-8") as f:
         greedy = list(csv.DictReader(f))
     assert [row["prompt"] for row in greedy] == ["def f(x):", "Le café"]
