@@ -135,6 +135,21 @@ class Task(L.LightningModule):
             # to give each layer's input and output sizes and its FLOPs; without it, FLOPs read 0.
             self.example_input_array = self.summary_input(datamodule.example_input)
 
+    @property
+    def example_input_array(self) -> torch.Tensor | None:
+        """The model summary's input (set in `setup`), in the dtype the model's weights are in
+        by then: the precision plugins convert the model, but nothing converts this example
+        (float64 weights under `precision: 64-true` would refuse a float32 one)."""
+        example = getattr(self, "_summary_example", None)
+        if example is None or not example.is_floating_point():
+            return example
+        weight = next((p for p in self.parameters() if p.is_floating_point()), None)
+        return example if weight is None else example.to(weight.dtype)
+
+    @example_input_array.setter
+    def example_input_array(self, example: torch.Tensor | None) -> None:
+        self._summary_example = example
+
     def summary_input(self, example: torch.Tensor) -> torch.Tensor | None:
         """What the model summary runs forward: one sample of the data's `example_input`, or
         None where a pass of that sample would cost more than the summary is worth."""
