@@ -199,7 +199,10 @@ class LitlabCLI(LightningCLI):
             # Local runs are filed under the W&B run name when there is one: runs/<name>/version_N.
             name = self.config[self.subcommand].trainer.logger.init_args.get("name") or logger.name
             csv_logger = run_logger(logger.save_dir, name, self.subcommand, self._resume, self._run)
-            kwargs.setdefault("logger", [csv_logger, logger])
+            # WANDB_MODE=disabled makes every W&B call a no-op: the logger is left out, and wandb
+            # (half a second to import, and a run to start) is never loaded.
+            wandb_off = os.environ.get("WANDB_MODE") == "disabled"
+            kwargs.setdefault("logger", [csv_logger] if wandb_off else [csv_logger, logger])
             if trainer_config.get("default_root_dir") is None:
                 # What Lightning files outside the loggers (SLURM's requeue checkpoint hpc_ckpt_N.ckpt)
                 # goes into the run directory, not wherever the job was started.

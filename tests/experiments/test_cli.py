@@ -133,3 +133,12 @@ def test_test_and_predict_from_the_checkpoint(fitted, litlab_main, monkeypatch):
     assert all(p == pytest.approx(1.0, abs=1e-4) for p in probs)
     hits = sum(r["pred"] == r["target"] for r in rows)
     assert hits / len(rows) == pytest.approx(accuracy, abs=1e-4)  # the same model on the same test split
+
+
+def test_with_wandb_disabled_the_run_has_no_wandb_logger(cli, tmp_path, monkeypatch):
+    # WANDB_MODE=disabled (the `cli` fixture's) makes every W&B call a no-op; the logger is left
+    # out, so nothing waits for wandb to load and start a run. The local run is kept as always.
+    monkeypatch.chdir(tmp_path)
+    run = cli("fit", "--config", MLP, "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1")
+    assert [type(logger).__name__ for logger in run.trainer.loggers] == ["RunCSVLogger"]
+    assert Path(run.trainer.log_dir, "metrics.csv").is_file() and not Path(run.trainer.log_dir, "wandb_id").exists()
