@@ -238,6 +238,11 @@ class LitlabCLI(LightningCLI):
         path = self.config[self.subcommand].get("ckpt_path")
         if not path or not Path(path).is_file():
             return  # Lightning names a missing file itself
+        if not self.trainer.strategy.restore_checkpoint_after_setup:
+            # Lightning loads the weights before its precision plugin converts the model: float64
+            # weights (precision 64-true) would pass through the float32 model and lose their low
+            # bits, and a resumed run would not equal the uninterrupted one. Converted first, they load whole.
+            self.trainer.precision_plugin.convert_module(self.model)
         if self.subcommand == "fit":
             # ConfigError for a damaged file, or one that holds weights alone; a run's checkpoint was read already.
             content = self._resume.state if self._resume is not None else training_state(path)
