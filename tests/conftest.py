@@ -19,7 +19,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 # takes over half of the other's queue, so no long test is left running alone at the end while the
 # other core idles. A name missing here only changes the order, never what runs.
 LONGEST = (
-    "test_a_ddp_fit_killed_at_random_moments_resumes_bit_identical",
+    "test_a_ddp_fit_trains_as_one_process_does_and_killed_at_random_moments_resumes_bit_identical",
     "test_simclr_pretraining_beats_training_from_scratch_on_few_labels",
     "test_a_fit_killed_and_preempted_at_random_moments_resumes_bit_identical",
     "test_a_short_pretraining_beats_zlib_on_held_out_text_and_pays_off_in_few_label_fine_tuning",

@@ -55,9 +55,8 @@ def test_a_ddp_distillation_makes_one_run_saves_the_student_alone_and_tests_as_o
 @pytest.mark.parametrize(
     "experiment, flags",
     [
-        # Per-sample augmentation in a worker process.
-        ("cnn_augment", ["--data.batch_size=64", "--data.num_workers=1"]),
-        # Two views per sample, negatives gathered from both processes, the online probe.
+        # Two views per sample, negatives gathered from both processes, the online probe. (Per-sample
+        # augmentation in a worker process: the DDP kill chain's uninterrupted run, tests/experiments/test_resume.py.)
         ("simclr", ["--data.batch_size=128", "--data.augment.on_device=false", "--model.projection_batch_norm=false"]),
     ],
 )
