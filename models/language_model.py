@@ -44,24 +44,33 @@ class LanguageModel(Task):
         top_k: int | None = 40,
     ) -> None:
         super().__init__(optimizer=optimizer, schedule=schedule, warmup_fraction=warmup_fraction)
+        # A backbone with a language-modelling head of its own (a Hugging Face model loaded with
+        # lm_head) gives the logits itself; litlab's Transformer gets a head tied to its embedding.
+        own_head = getattr(backbone, "lm_head", None) is not None and hasattr(backbone, "forward_logits")
         embed = getattr(backbone, "embed", None)
-        if not isinstance(embed, nn.Embedding):
+        if not own_head and not isinstance(embed, nn.Embedding):
             raise ConfigError(
-                f"LanguageModel needs a token backbone (models.backbones.Transformer with input: tokens); "
-                f"got {type(backbone).__name__}."
+                f"LanguageModel needs a token backbone (models.backbones.Transformer with input: tokens, or "
+                f"models.backbones.HuggingFace with lm_head: causal or masked); got {type(backbone).__name__}."
             )
         if objective not in ("causal", "masked"):
             raise ConfigError(f"objective must be 'causal' or 'masked'; got {objective!r}.")
         if (objective == "causal") != bool(getattr(backbone, "causal", False)):
             need = "causal: true" if objective == "causal" else "causal: false"
-            raise ConfigError(f"objective {objective} needs a backbone with {need}; set it on the Transformer.")
+            where = f"lm_head: {objective}" if own_head else need
+            raise ConfigError(f"objective {objective} needs a backbone with {where}; set it on the backbone.")
         self.save_hyperparameters(ignore=["backbone", "optimizer"])
         self.backbone = backbone
-        self.head = nn.Linear(embed.embedding_dim, embed.num_embeddings, bias=False)
-        self.head.weight = embed.weight  # tied: one matrix reads tokens in and writes them out
+        if own_head:
+            self.head = nn.Identity()
+            features = backbone.forward_logits
+        else:
+            self.head = nn.Linear(embed.embedding_dim, embed.num_embeddings, bias=False)
+            self.head.weight = embed.weight  # tied: one matrix reads tokens in and writes them out
+            self.no_decay.update({"backbone.embed", "backbone.pos"})  # embeddings, as GPT-2 and nanoGPT do
+            features = backbone.forward_features
         self.objective = objective
-        self.no_decay.update({"backbone.embed", "backbone.pos"})  # embeddings, as GPT-2 and nanoGPT do
-        self.features = torch.compile(backbone.forward_features) if compile else backbone.forward_features
+        self.features = torch.compile(features) if compile else features
         self.eval_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
         if sample_prompts and objective != "causal":
             raise ConfigError("sample_prompts needs a causal model; a masked model does not continue text.")

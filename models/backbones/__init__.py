@@ -6,6 +6,7 @@ per input kind, so tests and tools can build every backbone on every input it ac
 
 from models.backbones.activations import ACTIVATIONS
 from models.backbones.cnn import CNN
+from models.backbones.huggingface import HuggingFace
 from models.backbones.mlp import MLP
 from models.backbones.registry import BACKBONES, register
 from models.backbones.resnet import ResNet
@@ -13,4 +14,4 @@ from models.backbones.rnn import RNN
 from models.backbones.transformer import Transformer
 from models.backbones.zoo import Timm, Torchvision
 
-__all__ = ["ACTIVATIONS", "BACKBONES", "CNN", "MLP", "RNN", "ResNet", "Timm", "Torchvision", "Transformer", "register"]
+__all__ = ["ACTIVATIONS", "BACKBONES", "CNN", "HuggingFace", "MLP", "RNN", "ResNet", "Timm", "Torchvision", "Transformer", "register"]

@@ -150,13 +150,14 @@ def test_the_installed_command_exits_with_status_2_and_one_line(litlab):
 
 @pytest.mark.slow
 def test_the_command_starts_without_importing_what_only_some_runs_use_and_its_help_names_the_tasks():
-    # W&B, the model zoos, ONNX, the sweeps and scikit-learn (the digits' loader and stratified
+    # W&B, timm, ONNX, the sweeps and scikit-learn (the digits' loader and stratified
     # splits) load when a run uses them, not for a --help or a typo: not at import, and not once
     # the parse has read the default config, whose logger is W&B's.
     import subprocess
     import sys
 
-    optional = ("wandb", "transformers", "timm", "onnx", "onnxruntime", "peft", "optuna", "sklearn")
+    # (Not transformers: where it is installed, torchmetrics imports it, and Lightning imports torchmetrics whole.)
+    optional = ("wandb", "timm", "onnx", "onnxruntime", "peft", "optuna", "sklearn")
     loaded = f"print([m for m in {optional!r} if m in sys.modules])"
     script = (f"import sys, experiments.cli; {loaded}\n"
               "for args in (['fit', '--help'], ['fit', '--model.help', 'models.Classifier'],\n"
@@ -175,7 +176,7 @@ def test_the_command_starts_without_importing_what_only_some_runs_use_and_its_he
     backbone = "".join(classifier_help.split("\n  --model.backbone BACKBONE")[1].split("\n  --")[0].split())
     known = backbone.split("knownsubclasses:")[1].rstrip(")").split(",")
     assert set(known) == {f"models.backbones.{name}" for name in
-                          ("MLP", "CNN", "ResNet", "RNN", "Transformer", "Torchvision", "Timm")}, backbone[:3000]
+                          ("MLP", "CNN", "ResNet", "RNN", "Transformer", "Torchvision", "Timm", "HuggingFace")}, backbone[:3000]
     assert len(classifier_help.splitlines()) < 80
 
 
