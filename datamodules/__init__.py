@@ -1,30 +1,33 @@
-"""DataModules: where the data lives, how it is split and transformed, and what it gives a task."""
+"""DataModules: where the data lives, how it is split and transformed, and what it gives a task.
 
-from datamodules.base import DataModule, Splits, TensorSamples
-from datamodules.captions import CaptionedDigitsDataModule, CaptionedFolderDataModule, CaptionsDataModule
-from models.contract import IGNORE_INDEX, Batch
-from datamodules.digits import DigitsDataModule
-from datamodules.folder import FolderDataModule
-from datamodules.images import ImageDataModule
-from datamodules.text import TextDataModule
-from datamodules.text_classification import TextClassificationDataModule
-from datamodules.transforms import Augmentation
-from datamodules.vision import VisionDataModule
+Each name is imported on first use (`datamodules.DigitsDataModule`), so that a loader worker's
+fork server can import the datasets a worker holds (`datamodules.samples`) without Lightning.
+"""
 
-__all__ = [
-    "IGNORE_INDEX",
-    "Augmentation",
-    "Batch",
-    "CaptionedDigitsDataModule",
-    "CaptionedFolderDataModule",
-    "CaptionsDataModule",
-    "DataModule",
-    "DigitsDataModule",
-    "FolderDataModule",
-    "ImageDataModule",
-    "Splits",
-    "TensorSamples",
-    "TextClassificationDataModule",
-    "TextDataModule",
-    "VisionDataModule",
-]
+from importlib import import_module
+
+NAMES = {
+    "Augmentation": "datamodules.transforms",
+    "Batch": "models.contract",
+    "CaptionedDigitsDataModule": "datamodules.captions",
+    "CaptionedFolderDataModule": "datamodules.captions",
+    "CaptionsDataModule": "datamodules.captions",
+    "DataModule": "datamodules.base",
+    "DigitsDataModule": "datamodules.digits",
+    "FolderDataModule": "datamodules.folder",
+    "IGNORE_INDEX": "models.contract",
+    "ImageDataModule": "datamodules.images",
+    "Splits": "datamodules.base",
+    "TensorSamples": "datamodules.samples",
+    "TextClassificationDataModule": "datamodules.text_classification",
+    "TextDataModule": "datamodules.text",
+    "VisionDataModule": "datamodules.vision",
+}
+
+__all__ = list(NAMES)
+
+
+def __getattr__(name: str):
+    if name in NAMES:
+        return getattr(import_module(NAMES[name]), name)
+    raise AttributeError(f"module 'datamodules' has no attribute {name!r}")

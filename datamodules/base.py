@@ -17,9 +17,10 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from models.contract import IGNORE_INDEX, Batch
+from datamodules.samples import HiddenTargets, TensorSamples, hide_targets, subset, whole_batch  # noqa: F401
 from datamodules.sampling import EachOnce, EpochOrder, ResumableLoader
 from datamodules.workers import start_server, start_worker, worker_context
 from models.run_state import batches_done, run_seed
@@ -66,69 +67,6 @@ def split_index(
 
     kept, rest = train_test_split(index.numpy(), train_size=keep, stratify=labels.numpy(), random_state=seed)
     return torch.as_tensor(sorted(kept)), torch.as_tensor(sorted(rest))
-
-
-class TensorSamples(Dataset):
-    """Samples held as tensors of equal length, one per field: {"input": (N, ...), "target": (N,)}.
-
-    `__getitems__` slices a whole batch at once; with `whole_batch` as the collate function
-    the loader then does no per-sample indexing or stacking.
-    """
-
-    def __init__(self, **fields: torch.Tensor) -> None:
-        lengths = {len(t) for t in fields.values()}
-        if len(lengths) != 1:
-            raise ValueError(f"every field needs the same length; got {({k: len(t) for k, t in fields.items()})}.")
-        self.fields = fields
-
-    def __len__(self) -> int:
-        return len(next(iter(self.fields.values())))
-
-    def __getitem__(self, i: int) -> Batch:
-        return {name: t[i] for name, t in self.fields.items()}
-
-    def __getitems__(self, index: list[int]) -> Batch:
-        index = torch.as_tensor(index)
-        return {name: t[index] for name, t in self.fields.items()}
-
-    def subset(self, index: torch.Tensor) -> "TensorSamples":
-        return TensorSamples(**{name: t[index] for name, t in self.fields.items()})
-
-
-def whole_batch(batch: Batch) -> Batch:
-    return batch
-
-
-def subset(dataset: Dataset, index: torch.Tensor) -> Dataset:
-    """The samples of `dataset` at `index`: its own kind where it knows how to take a subset
-    (`dataset.subset(index)`), which keeps its attributes (such as the training epoch), else a torch Subset."""
-    if len(index) == len(dataset) and torch.equal(index, torch.arange(len(dataset))):
-        return dataset  # every sample, in order (all labels kept): nothing to copy or re-encode
-    if hasattr(dataset, "subset"):
-        return dataset.subset(index)
-    return Subset(dataset, index.tolist())
-
-
-class HiddenTargets(Dataset):
-    """`dataset` with the target of the samples at `hidden` positions replaced by IGNORE_INDEX."""
-
-    def __init__(self, dataset: Dataset, hidden: torch.Tensor) -> None:
-        self.dataset, self.hidden = dataset, set(hidden.tolist())
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> Batch:
-        sample = self.dataset[i]
-        return {**sample, "target": torch.tensor(IGNORE_INDEX)} if i in self.hidden else sample
-
-
-def hide_targets(dataset: Dataset, hidden: torch.Tensor) -> Dataset:
-    if isinstance(dataset, TensorSamples):
-        target = dataset.fields["target"].clone()
-        target[hidden] = IGNORE_INDEX
-        return TensorSamples(**{**dataset.fields, "target": target})
-    return HiddenTargets(dataset, hidden)
 
 
 @dataclass

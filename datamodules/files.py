@@ -10,7 +10,6 @@ files and text folders are all read through here.
 import os
 from pathlib import Path
 
-from lightning.pytorch.utilities import rank_zero_warn
 
 
 def inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
@@ -65,4 +64,6 @@ def subfolders(tree: str | os.PathLike, skipped: list[str] | None = None) -> lis
 
 def warn_skipped(skipped: list[str], tree: str | os.PathLike) -> None:
     if skipped:
+        from lightning.pytorch.utilities import rank_zero_warn
+
         rank_zero_warn(f"Skipped {len(skipped)} link(s) under {Path(tree)}: " + "; ".join(skipped))

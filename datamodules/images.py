@@ -14,57 +14,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import BatchScope, DataModule, TensorSamples, Unlabelled
 from datamodules.inputs import ImageFiles, LoadImage, image_inputs
+from datamodules.samples import Transformed, as_fields, rows_as_sequence  # noqa: F401
 from models.contract import Batch
-from models.run_state import derived_seed, gather_per_rank, own_state, run_seed
+from models.run_state import gather_per_rank, own_state, run_seed
 from datamodules.transforms import Augmentation, BatchAugment, per_sample_transform
-
-
-def rows_as_sequence(x: torch.Tensor) -> torch.Tensor:
-    """An image, or a batch of them, read row by row: (..., C, H, W) -> (..., C * H, W)."""
-    return x.flatten(-3, -2)
-
-
-def as_fields(x: torch.Tensor | tuple[torch.Tensor, ...], view: Callable | None) -> Batch:
-    """Transformed image(s) as batch fields: one image is `input`, several views are `views`."""
-    if isinstance(x, tuple):
-        return {"views": [view(v) if view else v for v in x]}
-    return {"input": view(x) if view else x}
-
-
-class Transformed(Dataset):
-    """Samples with `transform`, then `view`, applied to their image; other fields pass through.
-
-    With a `seed`, a sample's random draws are seeded by (seed, epoch, index): the same in any
-    worker process or rank and in a resumed run (the training loader sets `epoch`).
-    """
-
-    def __init__(self, dataset: Dataset, transform: Callable, view: Callable | None, seed: int | None = None) -> None:
-        self.dataset, self.transform, self.view, self.seed = dataset, transform, view, seed
-        self.epoch = 0
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    @epoch.setter
-    def epoch(self, epoch: int) -> None:
-        # Samples that draw something of their own per epoch (a caption among several) see it too.
-        self._epoch = epoch
-        if hasattr(self.dataset, "epoch"):
-            self.dataset.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> Batch:
-        sample = dict(self.dataset[i])
-        image = sample.pop("input")  # replaced by `views` when the recipe makes several
-        if self.seed is None:
-            return {**sample, **as_fields(self.transform(image), self.view)}
-        with torch.random.fork_rng(devices=[]):  # the caller's generator is left as it was
-            torch.default_generator.manual_seed(derived_seed(self.seed, self.epoch, i))
-            image = self.transform(image)
-        return {**sample, **as_fields(image, self.view)}
 
 
 class ImageDataModule(DataModule):

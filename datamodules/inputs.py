@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -90,6 +89,8 @@ def image_inputs(path: str | os.PathLike) -> list[str]:
     checked = CheckedFiles()
     files = [file for file in candidates if checked(file)]
     if checked.skipped:
+        from lightning.pytorch.utilities import rank_zero_warn
+
         rank_zero_warn(f"Skipped {len(checked.skipped)} of the files --inputs names: " + "; ".join(checked.skipped))
     if not files:
         raise ConfigError(f"--inputs {path} names no readable image; give an image folder, an image file, or a "

@@ -12,7 +12,11 @@ import signal
 import traceback
 from multiprocessing import forkserver
 
-importlib.import_module("datamodules")  # the DataModules, their datasets and transforms, and torch
+# The datasets a worker unpickles, the transforms they apply and the image readers, with torch
+# and torchvision: not Lightning, which a worker never uses (a dataset of a module that needs it
+# still works, its worker importing that module on its own).
+for module in ("datamodules.samples", "datamodules.transforms", "datamodules.inputs", "datamodules.workers"):
+    importlib.import_module(module)
 
 if any(frame.filename == forkserver.__file__ and frame.name == "main" for frame in traceback.extract_stack()):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

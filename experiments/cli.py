@@ -29,6 +29,7 @@ from experiments.runs import (
     WANDB_ID, LoggerSaveConfigCallback, newest_fit, release_claimed, resumed_run, run_logger, run_of, run_root,
     CONFIG, check_changes, release_locks, training_state, wandb_run,
 )
+import datamodules
 import models
 from models import contract
 from models.checkpoints import check_fits, read_checkpoint, read_state_dict, resolve_checkpoint
@@ -322,9 +323,9 @@ def main(args: list[str] | None = None) -> None:
             report.main(arguments[1:])
             return
         if any(arg in ("-h", "--help") or arg.endswith(".help") for arg in arguments):
-            # A help lists the tasks among --model's known subclasses, and the backbones among a
-            # backbone's: they are imported on first use otherwise, after the help is written.
-            for module in [*sorted(set(models.TASKS.values())), "models.backbones"]:
+            # A help lists the tasks among --model's known subclasses, the DataModules among --data's
+            # and the backbones among a backbone's: they are imported on first use otherwise.
+            for module in [*sorted(set(models.TASKS.values())), "models.backbones", *sorted(set(datamodules.NAMES.values()))]:
                 import_module(module)
         LitlabCLI(args=args)
     except SIGTERMException as stop:

@@ -9,9 +9,7 @@ import enum
 import os
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 
-from models.lightning_internals import batches_processed
 
 
 class SeedKey(enum.IntEnum):
@@ -35,6 +33,8 @@ def derived_seed(*keys: int) -> int:
 
 def batches_done(trainer) -> int | None:
     """Training batches of the current epoch done so far, or None once the epoch is complete."""
+    from models.lightning_internals import batches_processed
+
     done = batches_processed(trainer)
     return None if done >= trainer.num_training_batches else done
 
@@ -55,6 +55,8 @@ def own_state(trainer, states):
         return states  # saved before states were kept per process
     rank = trainer.global_rank if trainer is not None else 0
     if len(states) != (trainer.world_size if trainer is not None else 1):
+        from lightning.pytorch.utilities import rank_zero_warn
+
         rank_zero_warn(
             f"This checkpoint holds the random state of {len(states)} process(es) and the run resumes on "
             f"{trainer.world_size if trainer is not None else 1}: it continues, but not bit for bit."

@@ -86,3 +86,22 @@ def test_a_worker_ends_when_its_trainer_is_killed_though_its_parent_is_the_fork_
     # sent is still to be read, the refused connection to fetch that batch's shared memory from it.
     with pytest.raises((RuntimeError, ConnectionError)):
         list(batches)
+
+
+def test_the_fork_server_and_its_workers_import_the_datasets_without_lightning():
+    # Every process of a multi-process run starts a server, and the server a worker each epoch:
+    # what they import delays the first batch of every epoch. A worker re-runs the main script of
+    # the process that asked for it (multiprocessing's safe import of __main__), here the `litlab`
+    # console script, then unpickles its dataset (the digits' here).
+    import pickle
+    import sys
+
+    data = DigitsDataModule(augment=Augmentation(rotation=8), num_workers=1)
+    data.setup("fit")
+    script = ("import pickle, runpy, sys; import datamodules.worker_server\n"
+              f"runpy.run_path({str(Path(sys.executable).with_name('litlab'))!r}, run_name='__mp_main__')\n"
+              "dataset = pickle.loads(sys.stdin.buffer.read()); dataset[0]\n"
+              "print(sorted(m for m in ('lightning', 'transformers', 'wandb', 'sklearn') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], input=pickle.dumps(data.train_dataset),
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.decode().strip() == "[]", done.stderr.decode()[-2000:]
