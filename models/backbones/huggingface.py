@@ -17,6 +17,7 @@ weights_only=True)`, which unpickles tensors and plain values alone.
 import importlib
 import inspect
 import logging
+import pickle
 from typing import Any, Literal
 
 import torch
@@ -93,8 +94,9 @@ class HuggingFace(nn.Module):
                 "masked": transformers.AutoModelForMaskedLM}[lm_head]
         load = name is not None and pretrained
         try:
+            # A .bin weights file is unpickled as tensors and plain values only (weights_only).
             model = (auto.from_pretrained(name, config=config, revision=revision, dtype=torch.float32,
-                                          trust_remote_code=False) if load
+                                          trust_remote_code=False, weights_only=True) if load
                      else auto.from_config(config, trust_remote_code=False))
         except ValueError:
             # Raised by the auto class for a config it has no model of for this head.
@@ -102,6 +104,11 @@ class HuggingFace(nn.Module):
             raise ConfigError(f"transformers has no {auto.__name__} for {config.model_type} models; {fix}.") from None
         except OSError as err:
             raise ConfigError(self._unreachable(name, err)) from None
+        except pickle.UnpicklingError:
+            raise ConfigError(
+                f"{name}'s weights file holds more than tensors (a pickle that would run code as it loads), so it "
+                "was not loaded; use the model's safetensors weights, or convert the file where you trust it."
+            ) from None
         self.lm_head = lm_head
         self.model = model
         if getattr(self.encoder, "pooler", None) is not None:

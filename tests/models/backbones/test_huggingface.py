@@ -162,3 +162,25 @@ def test_a_head_the_model_does_not_have_is_one_line():
     with pytest.raises(ConfigError, match="no AutoModelForMaskedLM for gpt2 models") as refused:
         HuggingFace(architecture="gpt2", lm_head="masked", config_overrides={"n_embd": 16, "n_layer": 1, "n_head": 2})
     assert len(str(refused.value).splitlines()) == 1
+
+
+def test_a_bin_weights_file_that_would_run_code_is_refused_and_never_runs(tmp_path):
+    import os
+
+    folder, ran = tmp_path / "bin", tmp_path / "ran"
+    TEXT["bert"].save_pretrained(folder)
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {ran}",)
+
+    torch.save({"embeddings.word_embeddings.weight": Payload()}, folder / "pytorch_model.bin")
+    with pytest.raises(ConfigError, match="holds more than tensors") as refused:
+        HuggingFace(name=str(folder))
+    assert len(str(refused.value).splitlines()) == 1 and not ran.exists()
+    # The same model's weights as plain tensors in a .bin file load.
+    torch.manual_seed(0)
+    theirs = transformers.AutoModel.from_config(TEXT["bert"])
+    torch.save(theirs.state_dict(), folder / "pytorch_model.bin")
+    ours = HuggingFace(name=str(folder))
+    assert torch.equal(ours.encoder.embeddings.word_embeddings.weight, theirs.embeddings.word_embeddings.weight)
