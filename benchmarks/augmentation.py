@@ -14,7 +14,8 @@ import time
 
 import torch
 
-from datamodules.base import Splits, TensorSamples
+from datamodules.base import Splits
+from datamodules.samples import TensorSamples
 from datamodules.images import ImageDataModule
 from datamodules.transforms import Augmentation
 

@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import models
-from datamodules.base import TensorSamples, whole_batch
+from datamodules.samples import TensorSamples, whole_batch
 from experiments.cli import DEFAULTS, LitlabCLI
 from models.lazy import materialize
 from models.optim import configure_optimization

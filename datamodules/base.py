@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from models.contract import IGNORE_INDEX, Batch
-from datamodules.samples import HiddenTargets, TensorSamples, hide_targets, subset, whole_batch  # noqa: F401
+from datamodules.samples import TensorSamples, hide_targets, subset, whole_batch
 from datamodules.sampling import EachOnce, EpochOrder, ResumableLoader
 from datamodules.workers import start_server, start_worker, worker_context
 from models.run_state import batches_done, run_seed

@@ -9,8 +9,9 @@ from typing import Literal
 
 import torch
 
-from datamodules.base import BatchScope, Splits, TensorSamples, Unlabelled
-from datamodules.images import ImageDataModule, rows_as_sequence
+from datamodules.base import BatchScope, Splits, Unlabelled
+from datamodules.images import ImageDataModule
+from datamodules.samples import TensorSamples, rows_as_sequence
 from datamodules.transforms import Augmentation
 from models.errors import ConfigError
 

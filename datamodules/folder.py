@@ -17,7 +17,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torchvision.datasets import ImageFolder
 
-from datamodules.base import BatchScope, Splits, Unlabelled, split_index, subset
+from datamodules.base import BatchScope, Splits, Unlabelled, split_index
+from datamodules.samples import subset
 from datamodules.files import files_under, subfolders, warn_skipped
 from datamodules.inputs import CheckedFiles, LoadImage
 from models.contract import Batch

@@ -12,9 +12,9 @@ from dataclasses import asdict
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.base import BatchScope, DataModule, TensorSamples, Unlabelled
+from datamodules.base import BatchScope, DataModule, Unlabelled
 from datamodules.inputs import ImageFiles, LoadImage, image_inputs
-from datamodules.samples import Transformed, as_fields, rows_as_sequence  # noqa: F401
+from datamodules.samples import TensorSamples, Transformed, as_fields
 from models.contract import Batch
 from models.run_state import gather_per_rank, own_state, run_seed
 from datamodules.transforms import Augmentation, BatchAugment, per_sample_transform

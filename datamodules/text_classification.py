@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from datamodules.base import BatchScope, DataModule, Splits, TensorSamples, Unlabelled, split_index, subset
+from datamodules.base import BatchScope, DataModule, Splits, Unlabelled, split_index
+from datamodules.samples import TensorSamples, subset
 from datamodules.text import read_utf8
 from models.tokenizer import VOCAB_SIZE, tokenize
 from models.errors import ConfigError, check_positive

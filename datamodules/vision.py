@@ -15,7 +15,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchvision import datasets
 from torchvision.datasets.utils import check_integrity
 
-from datamodules.base import BatchScope, Splits, TensorSamples, Unlabelled
+from datamodules.base import BatchScope, Splits, Unlabelled
+from datamodules.samples import TensorSamples
 from datamodules.images import ImageDataModule
 from datamodules.transforms import Augmentation
 from models.errors import ConfigError
