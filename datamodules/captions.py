@@ -14,7 +14,8 @@ Two sources:
   image may have several rows, one per caption. Images go through the same pipeline as
   `FolderDataModule` (size, channels, normalisation, augmentation recipes).
 
-Captions are byte-level tokens (`datamodules/text.py`), cut to `max_len` bytes and padded.
+Captions are tokens of the data's `tokenizer` (`models/tokenizer.py`: bytes by default, or a Hugging
+Face tokenizer), cut to `max_len` tokens and padded.
 A training image takes one of its captions at random, seeded by (seed, epoch, index) like
 every draw of a training epoch; an evaluation image always the same one. Zero-shot class
 prompts (class names times prompt templates) come from here too, never from the model.
@@ -40,7 +41,7 @@ from datamodules.inputs import CheckedFiles, LoadImage
 from datamodules.images import ImageDataModule
 from models.run_state import SeedKey, derived_seed, run_seed
 from datamodules.text import read_utf8
-from models.tokenizer import VOCAB_SIZE, tokenize
+from models.tokenizer import BYTES, Tokenizer, load_tokenizer
 from datamodules.transforms import Augmentation
 from models.errors import ConfigError, check_positive
 
@@ -92,13 +93,15 @@ class Captioned(Dataset):
         train: bool,
         seed: int,
         load: Callable[[str], torch.Tensor] | None = None,
+        tokenizer: Tokenizer | None = None,
     ) -> None:
         self.images, self.captions, self.labels, self.load = images, captions, labels, load
+        self.tokenizer = tokenizer or load_tokenizer(BYTES)
         self.max_len, self.train, self.seed = max_len, train, seed
         self.epoch = 0
         counts = torch.tensor([len(c) for c in captions], dtype=torch.long)
         self.first = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)[:-1]])  # (N,): each image's first row
-        self.tokens, self.padding = tokenize([text for options in captions for text in options], max_len)
+        self.tokens, self.padding = self.tokenizer.tokenize([text for options in captions for text in options], max_len)
         chosen = [options[self._pick(i, SeedKey.EVAL_CAPTIONS)] for i, options in enumerate(captions)]
         ids = {text: n for n, text in enumerate(sorted(set(chosen)))}
         self.caption_ids = torch.tensor([ids[text] for text in chosen])
@@ -110,7 +113,7 @@ class Captioned(Dataset):
         keep = index.tolist()
         images = self.images[index] if isinstance(self.images, torch.Tensor) else [self.images[i] for i in keep]
         return Captioned(images, [self.captions[i] for i in keep], self.labels[index], self.max_len, self.train,
-                         self.seed, self.load)
+                         self.seed, self.load, self.tokenizer)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -133,10 +136,9 @@ class CaptionsDataModule(ImageDataModule):
     classes: the class names zero-shot classification chooses among (default: the data's labels).
     prompts: templates of a class's prompts, `{}` standing for its name (digits' also know
         `{numeral}` and `{word}`); prompts_file: the same, one per line.
-    max_len: caption bytes kept; the text backbone's `max_len` must be at least this.
+    max_len: caption tokens kept; the text backbone's `max_len` must be at least this.
+    tokenizer: `bytes`, or a Hugging Face tokenizer's Hub id or folder; the text tower's vocabulary is linked from it.
     """
-
-    vocab_size = VOCAB_SIZE
     default_prompts: Sequence[str] = FOLDER_PROMPTS
     labelled = False  # every image has a label (predictions then carry the target)
 
@@ -144,6 +146,7 @@ class CaptionsDataModule(ImageDataModule):
         self,
         augment: Augmentation | None = None,
         max_len: int = 64,
+        tokenizer: str = BYTES,
         classes: list[str] | None = None,
         prompts: list[str] | None = None,
         prompts_file: str | None = None,
@@ -162,8 +165,13 @@ class CaptionsDataModule(ImageDataModule):
         if prompts is not None and prompts_file is not None:
             raise ConfigError("Give the zero-shot prompt templates as data.prompts or data.prompts_file, not both.")
         self.max_len = max_len
+        self.tokenizer = load_tokenizer(tokenizer)
         self.prompts_file = prompts_file
         self._classes, self._prompts = classes, prompts
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
 
     def caption_seed(self, train: bool) -> int:
         """Training draws follow the run's seed, as every draw of a training epoch does; the
@@ -212,7 +220,7 @@ class CaptionsDataModule(ImageDataModule):
     def zeroshot_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The prompts as tokens (C, P, L) and their padding mask (C, P, L)."""
         prompts = self.zeroshot_prompts()
-        tokens, padding = tokenize([p for per_class in prompts for p in per_class], self.max_len)
+        tokens, padding = self.tokenizer.tokenize([p for per_class in prompts for p in per_class], self.max_len)
         shape = (len(prompts), len(prompts[0]), self.max_len)
         return tokens.view(shape), padding.view(shape)
 
@@ -227,6 +235,7 @@ class CaptionedDigitsDataModule(CaptionsDataModule):
         self,
         augment: Augmentation | None = None,
         max_len: int = 64,
+        tokenizer: str = BYTES,
         prompts: list[str] | None = None,
         prompts_file: str | None = None,
         val_fraction: float = 0.1,
@@ -237,7 +246,7 @@ class CaptionedDigitsDataModule(CaptionsDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(
-            augment=augment, max_len=max_len, classes=list(WORDS), prompts=prompts, prompts_file=prompts_file,
+            augment=augment, max_len=max_len, tokenizer=tokenizer, classes=list(WORDS), prompts=prompts, prompts_file=prompts_file,
             val_fraction=val_fraction, test_fraction=test_fraction, batch_size=batch_size, batch_scope=batch_scope,
             num_workers=num_workers, seed=seed,
         )
@@ -264,7 +273,7 @@ class CaptionedDigitsDataModule(CaptionsDataModule):
 
         def split(index: torch.Tensor, train: bool) -> Captioned:
             return Captioned(images[index], [captions[i] for i in index.tolist()], labels[index], self.max_len,
-                             train, self.caption_seed(train))
+                             train, self.caption_seed(train), tokenizer=self.tokenizer)
 
         return Splits(train=split(train, True), val=split(val, False), test=split(test, False), labels=labels[train])
 
@@ -317,6 +326,7 @@ class CaptionedFolderDataModule(CaptionsDataModule):
         std: Sequence[float] | None = None,
         augment: Augmentation | None = None,
         max_len: int = 64,
+        tokenizer: str = BYTES,
         classes: list[str] | None = None,
         prompts: list[str] | None = None,
         prompts_file: str | None = None,
@@ -328,7 +338,7 @@ class CaptionedFolderDataModule(CaptionsDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(
-            augment=augment, max_len=max_len, classes=classes, prompts=prompts, prompts_file=prompts_file,
+            augment=augment, max_len=max_len, tokenizer=tokenizer, classes=classes, prompts=prompts, prompts_file=prompts_file,
             val_fraction=val_fraction, test_fraction=test_fraction, batch_size=batch_size, batch_scope=batch_scope,
             num_workers=num_workers, seed=seed,
         )
@@ -413,7 +423,7 @@ class CaptionedFolderDataModule(CaptionsDataModule):
         def split(positions: torch.Tensor, train: bool) -> Captioned:
             chosen = positions.tolist()
             return Captioned([files[i] for i in chosen], [captions[files[i]] for i in chosen], target[positions],
-                             self.max_len, train, self.caption_seed(train), load)
+                             self.max_len, train, self.caption_seed(train), load, self.tokenizer)
 
         return Splits(train=split(rest[train], True), val=split(rest[val], False), test=split(test, False),
                       labels=target[rest[train]] if labelled else None)

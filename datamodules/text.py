@@ -1,18 +1,26 @@
-"""Byte-level text for language models: a tokenizer that needs no download, corpora encoded
-once into a memory-mapped cache, and windows of tokens for causal or masked modelling.
+"""Text for language models: corpora encoded once into a memory-mapped cache of token ids, and
+windows of tokens for causal or masked modelling.
 
-The vocabulary is the 256 byte values plus END (end of a document), PAD and MASK. Any text
-in any language is its UTF-8 bytes, so decoding gives back exactly what was encoded. The
-embedded corpus is Python's own documentation, `pydoc_data.topics` (about 466 KB, in every
-CPython), one document per topic; a user's corpus is a `.txt` file, a folder of them or a
-glob, one document per file, read as strict UTF-8.
+Text is tokenized by `tokenizer` (`models/tokenizer.py`): `bytes`, litlab's byte-level
+tokenizer that needs no download (the default), or a Hugging Face tokenizer by Hub id or folder
+(for example one `litlab tokenizer` trained on this corpus). The embedded corpus is Python's own
+documentation, `pydoc_data.topics` (about 466 KB, in every CPython), one document per topic; a
+user's corpus is a `.txt` file, a folder of them or a glob, one document per file, read as
+strict UTF-8.
 
-The encoded corpus is written once to `<cache_dir>/<key>.u8`: its bytes with 0xFF, a byte
-that never occurs in UTF-8, after each document, and read back through a memory map, so a
-corpus larger than memory works and a second run starts at once. The key covers the sources'
-paths, sizes and modification times and the split, so the cache is rebuilt when they change.
-Documents are split between train, val and test (seeded) or, with `split_by: position`, the
-stream is cut at fixed points; each split is one contiguous range, so no window straddles two.
+The encoded corpus is written once to `<cache_dir>/<key>.u8` (`.u16`, `.u32`: the smallest
+unsigned integer type that holds the tokenizer's ids), each document followed by the end token
+(with bytes, 0xFF, a byte that never occurs in UTF-8, stands for it), and read back through a
+memory map, so a corpus larger than memory works and a second run starts at once. The key
+covers the sources' paths, sizes and modification times, the tokenizer's vocabulary and the
+split, so the cache is rebuilt when any of them changes. Documents are split between train, val
+and test (seeded, at the document ends nearest the fractions of the text's bytes, so every
+tokenizer gets the same documents in each split) or, with `split_by: position`, the stream is
+cut at fixed points; each split is one contiguous range, so no window straddles two.
+
+Bits per byte stay comparable across tokenizers: each split records the bytes of text it covers
+(a document's UTF-8 bytes and one for its end, so that with bytes a token is a byte), and
+`tokens_per_byte` turns a loss in nats per token into bits per byte.
 """
 
 import glob
@@ -34,7 +42,7 @@ from models.contract import IGNORE_INDEX, Batch
 from models.run_state import SeedKey, derived_seed, run_seed
 from models.contract import Objective
 from models.errors import ConfigError, check_fraction, check_positive
-from models.tokenizer import END, MASK, PAD, SEPARATOR, VOCAB_SIZE, encode
+from models.tokenizer import BYTES, END, SEPARATOR, Tokenizer, load_tokenizer
 
 SplitBy = Literal["document", "position"]
 
@@ -76,13 +84,22 @@ class TokenWindows(Dataset):
     random draw of a training epoch (the loader sets `epoch`); evaluation windows walk the
     split without overlap, the last one padded, so every token is scored exactly once.
     `causal`: the target is the next token. `masked`: BERT's corruption of 15% of the
-    positions (80% become MASK, 10% a random byte, 10% stay), scored only there.
+    positions (80% become the mask token, 10% a random token, 10% stay), scored only there.
+    The tokenizer's ids (`tokenizer`) say which tokens pad, end and mask; only plain numbers are
+    kept, so a window set pickles cheaply into loader workers.
     """
 
     def __init__(self, path: Path, start: int, end: int, block_size: int, objective: Objective, train: bool,
-                 seed: int, mask_fraction: float = 0.15) -> None:
+                 seed: int, mask_fraction: float = 0.15, tokenizer: Tokenizer | None = None) -> None:
+        tokenizer = tokenizer or load_tokenizer(BYTES)
         self.path, self.start, self.end, self.block_size = path, start, end, block_size
         self.objective, self.train, self.seed, self.mask_fraction = objective, train, seed, mask_fraction
+        self.dtype, self.pad, self.end_id, self.mask = tokenizer.dtype, tokenizer.pad_id, tokenizer.end_id, tokenizer.mask_id
+        self.bytes = tokenizer.name == BYTES  # END is stored as SEPARATOR
+        self.random_high = SEPARATOR if self.bytes else tokenizer.vocab_size
+        if objective == "masked" and self.mask is None:
+            raise ConfigError(f"tokenizer {tokenizer.name} has no mask token, which masked language modelling "
+                              "writes over the chosen tokens; use a tokenizer with one (BERT's) or objective: causal.")
         self.epoch = 0
         self.shift = 1 if objective == "causal" else 0  # a causal window needs one more token, its last target
         self.tokens: np.memmap | None = None  # opened lazily: in each worker process, never pickled
@@ -102,7 +119,7 @@ class TokenWindows(Dataset):
 
     def __getitem__(self, i: int) -> Batch:
         if self.tokens is None:
-            self.tokens = np.memmap(self.path, dtype=np.uint8, mode="r")
+            self.tokens = np.memmap(self.path, dtype=self.dtype, mode="r")
         n = self.block_size + self.shift
         if self.train:
             g = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch, i))
@@ -111,9 +128,10 @@ class TokenWindows(Dataset):
             g = torch.Generator().manual_seed(derived_seed(self.seed, SeedKey.EVAL_MASKING, i))
             first = self.start + i * self.block_size
         window = torch.from_numpy(np.array(self.tokens[first : min(first + n, self.end)], dtype=np.int64))
-        window[window == SEPARATOR] = END
+        if self.bytes:
+            window[window == SEPARATOR] = END
         real = len(window) - self.shift  # positions with a target
-        window = torch.cat([window, torch.full((n - len(window),), PAD)])  # the last evaluation window
+        window = torch.cat([window, torch.full((n - len(window),), self.pad)])  # the last evaluation window
         x = window[: self.block_size].clone()
         padding = torch.arange(self.block_size) >= real
         if self.objective == "causal":
@@ -123,26 +141,28 @@ class TokenWindows(Dataset):
         chosen = (torch.rand(self.block_size, generator=g) < self.mask_fraction) & ~padding
         y = torch.where(chosen, x, IGNORE_INDEX)
         roll = torch.rand(self.block_size, generator=g)
-        x = torch.where(chosen & (roll < 0.8), MASK, x)
-        random_byte = torch.randint(0, SEPARATOR, (self.block_size,), generator=g)
-        x = torch.where(chosen & (roll >= 0.8) & (roll < 0.9), random_byte, x)
+        x = torch.where(chosen & (roll < 0.8), self.mask, x)
+        random_token = torch.randint(0, self.random_high, (self.block_size,), generator=g)
+        x = torch.where(chosen & (roll >= 0.8) & (roll < 0.9), random_token, x)
         return {"input": x, "target": y, "padding_mask": padding}
 
 
 class TextDataModule(DataModule):
-    """Byte-level text for `models.LanguageModel`, `causal` (GPT) or `masked` (BERT).
+    """Text for `models.LanguageModel`, `causal` (GPT) or `masked` (BERT).
 
     source: None for the embedded corpus (Python's pydoc topics), or a .txt file, a folder or a glob.
+    tokenizer: `bytes` (litlab's byte-level tokens), or a Hugging Face tokenizer's Hub id or folder;
+        the model's vocabulary is linked from it.
     block_size: tokens per window (the model's context).
     prompts_file: UTF-8 text, one prompt per line, that `litlab predict` continues.
     """
 
     num_classes = None
-    vocab_size = VOCAB_SIZE
 
     def __init__(
         self,
         source: str | None = None,
+        tokenizer: str = BYTES,
         objective: Objective = "causal",
         block_size: int = 128,
         split_by: SplitBy = "document",
@@ -168,10 +188,19 @@ class TextDataModule(DataModule):
             raise ConfigError(f"split_by must be 'document' or 'position'; got {split_by!r}.")
         self.save_hyperparameters()
         self.source, self.objective, self.block_size, self.split_by = source, objective, block_size, split_by
+        self.tokenizer = load_tokenizer(tokenizer)
+        if objective == "masked" and self.tokenizer.mask_id is None:
+            raise ConfigError(f"tokenizer {tokenizer} has no mask token, which masked language modelling writes over "
+                              "the chosen tokens; use a tokenizer with one (BERT's) or objective: causal.")
         self.mask_fraction = mask_fraction
         self.prompts_file = prompts_file
         default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "litlab" / "text"
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default
+        self.tokens_per_byte: dict[str, float] = {}  # of each split, known once it is loaded
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
 
     @property
     def example_input(self) -> torch.Tensor:
@@ -189,14 +218,35 @@ class TextDataModule(DataModule):
         stamp = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
         return [(str(f), (lambda f=f: read_utf8(f))) for f in files], json.dumps(stamp)
 
+    def _write(self, out, texts: list[str]) -> list[tuple[int, int]]:
+        """Append the ids of `texts`, each closed by the end token, to `out`; (ids, bytes) of each."""
+        tok = self.tokenizer
+        if tok.name == BYTES:
+            sizes = []
+            for text in texts:
+                data = text.encode("utf-8", "surrogatepass") + bytes([SEPARATOR])
+                out.write(data)
+                sizes.append((len(data), len(data)))
+            return sizes
+        sizes = []
+        for text, ids in zip(texts, tok.encode_batch(texts)):
+            np.asarray([*ids, tok.end_id], dtype=tok.dtype).tofile(out)
+            sizes.append((len(ids) + 1, len(text.encode("utf-8", "surrogatepass")) + 1))
+        return sizes
+
     def cached_corpus(self) -> tuple[Path, dict[str, tuple[int, int]]]:
-        """The cache file, encoded if missing or stale, and each split's (start, end) in it."""
+        """The cache file, encoded if missing or stale, and each split's (start, end) in it, in tokens.
+        Sets `tokens_per_byte` of each split."""
         docs, stamp = self.documents()
         split = (self.split_by, self.val_fraction, self.test_fraction, self.seed)
-        key = hashlib.sha256(json.dumps([self.source, stamp, split]).encode()).hexdigest()[:16]
-        path, index = self.cache_dir / f"{key}.u8", self.cache_dir / f"{key}.json"
+        key = hashlib.sha256(json.dumps([self.source, stamp, split, self.tokenizer.fingerprint]).encode()).hexdigest()[:16]
+        suffix = f".u{np.dtype(self.tokenizer.dtype).itemsize * 8}"
+        path, index = self.cache_dir / f"{key}{suffix}", self.cache_dir / f"{key}.json"
         if path.is_file() and index.is_file():
-            return path, {k: tuple(v) for k, v in json.loads(index.read_text()).items()}
+            stored = json.loads(index.read_text())
+            bounds = {k: tuple(v) for k, v in stored["bounds"].items()}
+            self.tokens_per_byte = {k: (bounds[k][1] - bounds[k][0]) / stored["bytes"][k] for k in bounds}
+            return path, bounds
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         if self.split_by == "document":
             if len(docs) < 3:
@@ -207,32 +257,54 @@ class TextDataModule(DataModule):
             order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(self.seed)).tolist()
             docs = [docs[i] for i in order]
         tmp = path.with_suffix(".tmp")
-        ends = []
-        with tmp.open("wb") as out:  # one document at a time: the corpus never has to fit in memory
-            for _, read in docs:
-                out.write(read().encode("utf-8", "surrogatepass") + bytes([SEPARATOR]))
-                ends.append(out.tell())
-        total = ends[-1]
-        cut_val, cut_test = (1.0 - self.val_fraction - self.test_fraction) * total, (1.0 - self.test_fraction) * total
-        if self.split_by == "document":  # at the document ends nearest the fractions, a document at least each
-            nearest = [min(range(len(ends)), key=lambda i: abs(ends[i] - cut)) for cut in (cut_val, cut_test)]
+        ends, byte_ends = [0], [0]
+        with tmp.open("wb") as out:  # a few documents at a time: the corpus never has to fit in memory
+            for first in range(0, len(docs), 256):
+                for count, size in self._write(out, [read() for _, read in docs[first : first + 256]]):
+                    ends.append(ends[-1] + count)
+                    byte_ends.append(byte_ends[-1] + size)
+        ends, byte_ends = ends[1:], byte_ends[1:]
+        total, total_bytes = ends[-1], byte_ends[-1]
+        fractions = (1.0 - self.val_fraction - self.test_fraction, 1.0 - self.test_fraction)
+        if self.split_by == "document":
+            # At the document ends nearest the fractions of the bytes, a document at least each: the
+            # same documents in each split whatever the tokenizer.
+            nearest = [min(range(len(ends)), key=lambda i: abs(byte_ends[i] - f * total_bytes)) for f in fractions]
             first_val = min(max(nearest[0], 0), len(ends) - 3)
             first_test = min(max(nearest[1], first_val + 1), len(ends) - 2)
-            cut_val, cut_test = ends[first_val], ends[first_test]
-        bounds = {"train": (0, int(cut_val)), "val": (int(cut_val), int(cut_test)), "test": (int(cut_test), total)}
+            cuts = [ends[first_val], ends[first_test]]
+            cut_bytes = [byte_ends[first_val], byte_ends[first_test]]
+        else:  # the bytes of a part of the stream are its share of the tokens (exact with bytes)
+            cuts = [int(f * total) for f in fractions]
+            cut_bytes = [round(c * total_bytes / total) for c in cuts]
+        bounds = {"train": (0, cuts[0]), "val": (cuts[0], cuts[1]), "test": (cuts[1], total)}
+        sizes = {"train": cut_bytes[0], "val": cut_bytes[1] - cut_bytes[0], "test": total_bytes - cut_bytes[1]}
         if any(end <= start for start, end in bounds.values()):
             raise ConfigError(f"The corpus is too small to split {bounds}; give more text or change the fractions.")
         os.replace(tmp, path)  # whole or absent, even if interrupted
-        index.write_text(json.dumps(bounds))
+        index.write_text(json.dumps({"bounds": bounds, "bytes": sizes}))
+        self.tokens_per_byte = {k: (bounds[k][1] - bounds[k][0]) / sizes[k] for k in bounds}
         return path, bounds
+
+    def split_texts(self, split: str) -> list[str]:
+        """The documents of one split as text (with `split_by: position`, the pieces of the stream it
+        holds), from a byte-level cache of the same split: what `litlab tokenizer` learns from."""
+        byte_level = TextDataModule(self.source, tokenizer=BYTES, split_by=self.split_by, val_fraction=self.val_fraction,
+                                    test_fraction=self.test_fraction, cache_dir=str(self.cache_dir), seed=self.seed)
+        path, bounds = byte_level.cached_corpus()
+        start, end = bounds[split]
+        with path.open("rb") as f:
+            f.seek(start)
+            data = f.read(end - start)
+        return [doc.decode("utf-8", "replace") for doc in data.split(bytes([SEPARATOR])) if doc]
 
     def load(self) -> Splits:
         path, bounds = self.cached_corpus()
         common = dict(block_size=self.block_size, objective=self.objective, seed=run_seed(),
-                      mask_fraction=self.mask_fraction)
+                      mask_fraction=self.mask_fraction, tokenizer=self.tokenizer)
         train, val, test = (TokenWindows(path, *bounds[name], train=name == "train", **common)
                             for name in ("train", "val", "test"))
-        self.bytes_per_split = {name: end - start for name, (start, end) in bounds.items()}
+        self.tokens_per_split = {name: end - start for name, (start, end) in bounds.items()}
         return Splits(train=train, val=val, test=test)
 
     def read_inputs(self, path: str) -> None:
@@ -246,7 +318,7 @@ class TextDataModule(DataModule):
             raise ConfigError("litlab predict on text continues prompts: give --inputs prompts.txt (or "
                               "--data.prompts_file), one prompt per line.")
         lines = read_utf8(Path(self.prompts_file)).splitlines()
-        prompts = [{"prompt": line, "input": encode(line)} for line in lines if line.strip()]
+        prompts = [{"prompt": line, "input": self.tokenizer.encode(line)} for line in lines if line.strip()]
         if not prompts:
             raise ConfigError(f"{self.prompts_file} holds no prompt; write one per line.")
         # One prompt a batch: prompts differ in length, and generation goes token by token anyway.

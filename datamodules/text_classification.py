@@ -2,8 +2,8 @@
 
 A user's data is a CSV file with `text` and `label` columns or a JSON Lines file of
 {"text": ..., "label": ...}; labels are names, mapped to indices in sorted order and kept in
-the run's hyperparameters (`classes`). Texts are byte-level tokens (`datamodules/text.py`),
-cut to `max_len`, padded, with a `padding_mask`.
+the run's hyperparameters (`classes`). Texts are tokens of the data's
+`tokenizer`, cut to `max_len`, padded, with a `padding_mask`.
 
 The embedded task needs no download: passages of Python's own documentation
 (`pydoc_data.topics`) labelled by the part of the language reference their topic belongs
@@ -11,6 +11,9 @@ to, one of four groups (`GROUPS`): statements, expressions, built-in types, or t
 model. Each topic is cut into passages of `max_len` bytes; passages are split between
 train, val and test at random (seeded, stratified), so the test asks which part of the
 documentation an unseen passage comes from.
+
+`tokenizer` is `bytes` (litlab's byte-level tokens, the default) or a Hugging Face tokenizer by
+Hub id or folder: the pretrained model's own, with its special tokens ([CLS] ... [SEP]) added.
 """
 
 import csv
@@ -23,7 +26,7 @@ import torch
 from datamodules.base import BatchScope, DataModule, Splits, Unlabelled, split_index
 from datamodules.samples import TensorSamples, subset
 from datamodules.text import read_utf8
-from models.tokenizer import VOCAB_SIZE, tokenize
+from models.tokenizer import BYTES, load_tokenizer
 from models.errors import ConfigError, check_positive
 
 GROUPS = {
@@ -98,13 +101,14 @@ def read_texts(path: str | Path) -> list[str]:
 
 
 class TextClassificationDataModule(DataModule):
-    """source: None for the embedded task, or a .csv / .jsonl file of labelled texts."""
-
-    vocab_size = VOCAB_SIZE
+    """source: None for the embedded task, or a .csv / .jsonl file of labelled texts.
+    tokenizer: `bytes`, or a Hugging Face tokenizer's Hub id or folder (a pretrained backbone's own).
+    max_len: tokens a text keeps (the embedded passages are `max_len` bytes each)."""
 
     def __init__(
         self,
         source: str | None = None,
+        tokenizer: str = BYTES,
         max_len: int = 128,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
@@ -122,6 +126,7 @@ class TextClassificationDataModule(DataModule):
         check_positive("TextClassificationDataModule", max_len=max_len)
         self.save_hyperparameters()
         self.source, self.max_len = source, max_len
+        self.tokenizer = load_tokenizer(tokenizer)
         self.hparams["classes"] = self.classes  # the label names, in index order, saved with the run
 
     @cached_property
@@ -145,6 +150,10 @@ class TextClassificationDataModule(DataModule):
         return sorted({label for _, label in self.records})
 
     @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
     def num_classes(self) -> int:
         return len(self.classes)
 
@@ -159,12 +168,12 @@ class TextClassificationDataModule(DataModule):
     def predict_dataloader(self):
         if self.predict_names is None:
             return super().predict_dataloader()
-        tokens, padding = tokenize([text.encode("utf-8") for text in self.predict_names], self.max_len)
+        tokens, padding = self.tokenizer.tokenize(self.predict_names, self.max_len)
         return self._loader(TensorSamples(input=tokens, padding_mask=padding))
 
     def load(self) -> Splits:
         index = {name: i for i, name in enumerate(self.classes)}
-        tokens, padding = tokenize([body for body, _ in self.records], self.max_len)  # (N, T) each
+        tokens, padding = self.tokenizer.tokenize([body for body, _ in self.records], self.max_len)  # (N, T) each
         labels = torch.tensor([index[label] for _, label in self.records])
         data = TensorSamples(input=tokens, target=labels, padding_mask=padding)
         rest, test = split_index(len(labels), 1.0 - self.test_fraction, self.seed, labels,

@@ -41,7 +41,8 @@ DEFAULTS = Path(__file__).with_name("defaults.yaml")
 # Each subcommand and the method arguments its parser leaves out (LightningCLI's, and export).
 SUBCOMMANDS = {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
 DESCRIPTION = ("litlab: train, evaluate, predict with and export the models of YAML experiments "
-               "(litlab fit --config experiments/digits/cnn.yaml). A run's plots and summary, or a comparison of runs: litlab report RUN [RUN ...].")
+               "(litlab fit --config experiments/digits/cnn.yaml). A run's plots and summary, or a comparison of runs: litlab report RUN [RUN ...]. "
+               "A BPE tokenizer trained on an experiment's corpus: litlab tokenizer --config X.yaml --vocab_size N --output DIR.")
 
 
 def wandb_logged_in() -> bool:
@@ -103,6 +104,7 @@ class LitlabCLI(LightningCLI):
         parser.link_arguments("data", "model.init_args.num_classes", compute_fn=contract.labels_of, **link)
         # A language model learns what its data's windows are made for: the objective is set once, on the data.
         parser.link_arguments("data", "model.init_args.objective", compute_fn=contract.objective_of, **link)
+        parser.link_arguments("data", "model.init_args.tokenizer", compute_fn=contract.tokenizer_of, **link)
         for tower in ("backbone", "text_backbone"):  # a language model's, a CLIP's text tower
             vocab = f"model.init_args.{tower}.init_args.vocab_size"
             parser.link_arguments("data", vocab, compute_fn=contract.vocab_of, **link)
@@ -321,6 +323,11 @@ def main(args: list[str] | None = None) -> None:
             from experiments import report
 
             report.main(arguments[1:])
+            return
+        if arguments[:1] == ["tokenizer"]:
+            from experiments import tokenizer
+
+            tokenizer.main(arguments[1:])
             return
         if any(arg in ("-h", "--help") or arg.endswith(".help") for arg in arguments):
             # A help lists the tasks among --model's known subclasses, the DataModules among --data's

@@ -8,6 +8,9 @@ needs to build itself:
 - `example_input`: a small batch of model input, on the CPU, from which lazy layers are sized;
 - `objective`, where it serves token windows to a language model: `causal` (the next token, the
   default for data that does not say) or `masked` (corrupted tokens back);
+- `tokenizer`, where its inputs are token ids: a `models.tokenizer.Tokenizer`, whose name is
+  linked into a language model (bytes where the data has none), and `tokens_per_byte` of each
+  split where a language model's bits per byte need it (1 where the data does not say);
 - which samples are labelled: a `target` of `IGNORE_INDEX` marks an unlabelled sample.
 
 `datamodules.DataModule` implements it; any LightningDataModule that has these attributes
@@ -101,6 +104,12 @@ def vocab_of(datamodule: object) -> int | None:
     """The CLI's link from the data to a token backbone's `vocab_size`."""
     check(datamodule)
     return datamodule.vocab_size
+
+
+def tokenizer_of(datamodule: object) -> str:
+    """The CLI's link from the data to a language model's `tokenizer`: the name of the data's (`bytes` where it has none)."""
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    return getattr(tokenizer, "name", "bytes")
 
 
 def objective_of(datamodule: object) -> Objective:

@@ -9,7 +9,7 @@ from torchmetrics import MeanMetric
 
 from models.contract import IGNORE_INDEX, Batch, Objective, field
 from models.run_state import derived_seed, run_seed
-from models.tokenizer import decode, encode
+from models.tokenizer import BYTES, load_tokenizer
 from models.errors import ConfigError, check_positive
 from models.optim import OptimizerCallable, Schedule
 from models.task import Task
@@ -23,7 +23,9 @@ class LanguageModel(Task):
     `causal`: the backbone must be causal; each position predicts the next token.
     `masked`: the backbone must not be; the loss is scored only where the data corrupted
     the input (target not IGNORE_INDEX). Losses are in nats per scored token; `val/bpb` is
-    the loss in bits (per byte, with the byte-level tokenizer) and `val/ppl` its perplexity.
+    the loss in bits per byte of text (times the data's `tokens_per_byte` where its tokens are not
+    bytes, so runs with different tokenizers compare) and `val/ppl` its perplexity per token.
+    `tokenizer` (linked from the data) turns prompts into tokens and samples back into text.
     `compile` wraps the backbone in `torch.compile`. A causal model continues `sample_prompts`
     after every validation (`on_validation_end`), and `litlab predict` continues its prompts, each
     by `max_new_tokens` new tokens drawn at `temperature` from the `top_k` likeliest (none: from
@@ -42,6 +44,7 @@ class LanguageModel(Task):
         max_new_tokens: int = 80,
         temperature: float = 0.8,
         top_k: int | None = 40,
+        tokenizer: str = BYTES,
     ) -> None:
         super().__init__(optimizer=optimizer, schedule=schedule, warmup_fraction=warmup_fraction)
         # A backbone with a language-modelling head of its own (a Hugging Face model loaded with
@@ -80,6 +83,7 @@ class LanguageModel(Task):
                               f"temperature={temperature}, top_k={top_k}.")
         self.sample_prompts, self.max_new_tokens = sample_prompts or [], max_new_tokens
         self.temperature, self.top_k = temperature, top_k
+        self.tokenizer = load_tokenizer(tokenizer)
 
     def on_validation_end(self) -> None:
         """The quickest read of what the model has learnt: each of `sample_prompts` continued by
@@ -91,9 +95,9 @@ class LanguageModel(Task):
             return
         rows = []
         for prompt in self.sample_prompts:
-            tokens = self.generate(encode(prompt), self.max_new_tokens, self.temperature, self.top_k,
+            tokens = self.generate(self.tokenizer.encode(prompt), self.max_new_tokens, self.temperature, self.top_k,
                                    generator=torch.Generator().manual_seed(0))
-            rows.append([trainer.current_epoch, prompt, decode(tokens)])
+            rows.append([trainer.current_epoch, prompt, self.tokenizer.decode(tokens)])
         print("\n".join(f"[epoch {epoch}] {prompt!r} -> {prompt + text!r}" for epoch, prompt, text in rows), flush=True)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
@@ -131,14 +135,17 @@ class LanguageModel(Task):
         loss = self.eval_loss[stage].compute()
         self.eval_loss[stage].reset()
         self.log(f"{stage}/loss", loss, prog_bar=True)
-        self.log(f"{stage}/bpb", loss / math.log(2), prog_bar=True)
+        # Nats per token to bits per byte: times the tokens per byte of the split (1 with bytes).
+        datamodule = getattr(self.trainer, "datamodule", None)
+        ratio = getattr(datamodule, "tokens_per_byte", {}).get(stage, 1.0)
+        self.log(f"{stage}/bpb", loss * ratio / math.log(2), prog_bar=True)
         self.log(f"{stage}/ppl", loss.exp())
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, str]:
         """The continuation of one prompt, sampled as `max_new_tokens` tokens with a seed of its own."""
         generator = torch.Generator().manual_seed(derived_seed(run_seed(), batch_idx))
         tokens = self.generate(batch["input"], self.max_new_tokens, self.temperature, self.top_k, generator=generator)
-        return {"prompt": batch["prompt"], "continuation": decode(tokens)}
+        return {"prompt": batch["prompt"], "continuation": self.tokenizer.decode(tokens)}
 
     @torch.no_grad()
     def generate(

@@ -158,6 +158,17 @@ def read_wandb_run(run_dir: Path) -> dict:
     return {**run, "config": config, "history": history, "artifacts": artifacts}
 
 
+@pytest.fixture(scope="session")
+def bpe_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A byte-level BPE tokenizer of 512 ids that `litlab tokenizer` trained on the embedded
+    corpus's training split (once per test process), in a folder AutoTokenizer loads."""
+    from experiments.tokenizer import main
+
+    folder = tmp_path_factory.mktemp("bpe")
+    main(["--vocab_size", "512", "--output", str(folder / "tokenizer"), "--cache_dir", str(folder / "cache")])
+    return folder / "tokenizer"
+
+
 @pytest.fixture
 def wandb_run():
     """Reader for an offline W&B run directory: {'name', 'project', 'tags', 'config', 'history'}."""
@@ -274,10 +285,15 @@ def write_captioned_folder(root: Path, classes: int = 3, per_class: int = 12, si
 
 
 @pytest.fixture
-def datasets_on_disk(monkeypatch: pytest.MonkeyPatch):
-    """Writers for small MNIST / FashionMNIST / CIFAR / PNG-folder datasets in their real formats."""
+def datasets_on_disk(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest):
+    """Writers for small MNIST / FashionMNIST / CIFAR / PNG-folder datasets in their real formats,
+    and the BPE tokenizer the tests train (`bpe_tokenizer`), trained only where a test asks for it."""
 
     class Writers:
+        @staticmethod
+        def bpe_tokenizer() -> Path:
+            return request.getfixturevalue("bpe_tokenizer")
+
         square_value = staticmethod(square_value)
         mnist = staticmethod(write_mnist)
         image_folder = staticmethod(write_image_folder)

@@ -84,12 +84,15 @@ class HuggingFace(nn.Module):
         overrides = dict(config_overrides or {})
         config = self._config(transformers, name, architecture, overrides, revision)
         if vocab_size is not None and getattr(config, "vocab_size", vocab_size) != vocab_size:
-            if name is not None and pretrained:
+            if not (name is not None and pretrained):
+                config.vocab_size = vocab_size  # random weights: the embedding is sized for the data's tokenizer
+            elif vocab_size > config.vocab_size:
+                # More ids than rows would be read out of range; fewer are fine (an embedding padded to a
+                # round number, as Qwen's is, has rows no id reads).
                 raise ConfigError(
                     f"{name} has a vocabulary of {config.vocab_size} tokens but the data's tokenizer has {vocab_size}; "
                     "pretrained weights need the model's own tokenizer (set the data's tokenizer to the same name)."
                 )
-            config.vocab_size = vocab_size
         auto = {None: transformers.AutoModel, "causal": transformers.AutoModelForCausalLM,
                 "masked": transformers.AutoModelForMaskedLM}[lm_head]
         load = name is not None and pretrained

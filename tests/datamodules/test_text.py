@@ -36,7 +36,7 @@ def corpus(folder: Path, files: int = 4, size: int = 3000) -> Path:
 def test_the_embedded_corpus_is_pythons_documentation_split_three_ways(tmp_path):
     dm = TextDataModule(block_size=64, cache_dir=str(tmp_path))
     dm.setup("fit")
-    sizes = dm.bytes_per_split
+    sizes = dm.tokens_per_split
     assert 400_000 < sum(sizes.values()) < 600_000  # pydoc_data.topics, one document per topic
     assert all(size > 0 for size in sizes.values())
     assert dm.vocab_size == VOCAB_SIZE and dm.num_classes is None
@@ -78,10 +78,10 @@ def test_evaluation_windows_score_every_token_of_their_split_once(tmp_path, spli
         windows = [dataset[i] for i in range(len(dataset))]
         targets = torch.cat([w["target"] for w in windows])
         scored = targets[targets != IGNORE_INDEX]
-        assert len(scored) == dm.bytes_per_split[name] - 1  # every token but the first is a target, once
+        assert len(scored) == dm.tokens_per_split[name] - 1  # every token but the first is a target, once
         tokens = torch.cat([w["input"][~w["padding_mask"]] for w in windows])
         assert torch.equal(tokens[1:], scored[:-1])  # each target is the next input token
-    assert sum(dm.bytes_per_split.values()) == sum(len(f.read_bytes()) + 1 for f in (tmp_path / "text").iterdir())
+    assert sum(dm.tokens_per_split.values()) == sum(len(f.read_bytes()) + 1 for f in (tmp_path / "text").iterdir())
 
 
 def test_training_windows_are_random_places_seeded_by_epoch_and_index(tmp_path):

@@ -103,6 +103,8 @@ def local_data(config: dict, tmp_path, datasets_on_disk) -> list[str]:
     if data.get("class_path") == "datamodules.CaptionedFolderDataModule":
         datasets_on_disk.captioned_folder(tmp_path / "images", classes=3, per_class=20)
         return [f"--data.root={tmp_path / 'images'}", "--data.num_workers=0"]
+    if init.get("tokenizer", "bytes") != "bytes":  # a tokenizer litlab trains first: the one the tests trained
+        return [f"--data.tokenizer={datasets_on_disk.bpe_tokenizer()}"]
     return []
 
 
