@@ -1,6 +1,6 @@
 """`litlab export`: a trained model out of the training framework, checked against itself.
 
-    litlab export --config X.yaml --ckpt_path CKPT --format safetensors|onnx|exported_program [--output PATH]
+    litlab export --config X.yaml --ckpt_path CKPT --format safetensors|onnx|exported_program|huggingface [--output PATH]
 
 The model (the task's forward: backbone and head, in eval mode, no optimizer or training
 state) is written in the chosen format, with `<output>.json` beside it: the input shape and
@@ -10,11 +10,15 @@ runtime (safetensors into a fresh copy of the model, ONNX in onnxruntime, the ex
 program through torch.export.load), runs real inputs from the DataModule's test split,
 in two batch sizes (the batch axis is dynamic), and must give the PyTorch model's outputs
 within `TOLERANCE`, else the file is removed and the export fails with the difference.
+
+`huggingface` writes a `save_pretrained` folder that plain `transformers` loads and runs
+(`experiments/export_huggingface.py`).
 """
 
 import copy
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -28,11 +32,12 @@ from models.contract import class_names
 from models.errors import ConfigError
 from models.lazy import has_lazy, materialize
 
-Format = Literal["safetensors", "onnx", "exported_program"]
-SUFFIXES = {"safetensors": ".safetensors", "onnx": ".onnx", "exported_program": ".pt2"}
+Format = Literal["safetensors", "onnx", "exported_program", "huggingface"]
+SUFFIXES = {"safetensors": ".safetensors", "onnx": ".onnx", "exported_program": ".pt2", "huggingface": "-huggingface"}
 # Largest allowed |exported - PyTorch| per output, as atol + rtol * |PyTorch| (float32 kernels
 # of different runtimes sum in different orders); safetensors must match exactly.
-TOLERANCE = {"safetensors": (0.0, 0.0), "onnx": (1e-4, 1e-4), "exported_program": (1e-5, 1e-5)}
+TOLERANCE = {"safetensors": (0.0, 0.0), "onnx": (1e-4, 1e-4), "exported_program": (1e-5, 1e-5),
+             "huggingface": (1e-5, 1e-5)}
 
 
 class ExportMismatch(ConfigError):
@@ -84,6 +89,11 @@ def export_model(
     """Write `model` in `format` at `output` and its description beside it; returns the model file."""
     if format not in SUFFIXES:
         raise ConfigError(f"--format must be one of {', '.join(SUFFIXES)}; got {format!r}.")
+    if format == "huggingface":
+        from experiments import export_huggingface
+
+        export_huggingface.plain_class(model)  # a task it cannot export is refused before anything is read
+        export_huggingface.check_folder(output)
     batches = sample_inputs(datamodule)
     load_weights(model, datamodule, checkpoint)
     model.eval()
@@ -92,13 +102,16 @@ def export_model(
     output.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         expected = [module(*inputs) for inputs in batches]
-        write = {"safetensors": _safetensors, "onnx": _onnx, "exported_program": _exported_program}[format]
-        run = write(module, batches[0], output)
+        if format == "huggingface":
+            run = export_huggingface.write(module, batches[0], output, datamodule)
+        else:
+            write = {"safetensors": _safetensors, "onnx": _onnx, "exported_program": _exported_program}[format]
+            run = write(module, batches[0], output)
         got = [run(*inputs) for inputs in batches]
     difference, within = _difference(expected, got, *TOLERANCE[format])
     count = sum(len(inputs[0]) for inputs in batches)
     if not within:
-        output.unlink(missing_ok=True)
+        _remove(output)
         atol, rtol = TOLERANCE[format]
         raise ExportMismatch(
             f"The {format} export of {type(model).__name__} gives outputs up to {difference:.3g} away from the PyTorch "
@@ -168,12 +181,19 @@ def _onnx(module: Inference, example: tuple[torch.Tensor, ...], output: Path):
     return run
 
 
+def _remove(output: Path) -> None:
+    if output.is_dir():
+        shutil.rmtree(output)
+    else:
+        output.unlink(missing_ok=True)
+
+
 def describe(model: LightningModule, datamodule: LightningDataModule, example: tuple[torch.Tensor, ...],
              format: Format, difference: float, count: int) -> dict:
     """What a user of the exported file needs: its input, the preprocessing before it, the classes."""
     mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
-    count = getattr(model, "num_classes", None) or getattr(datamodule, "num_classes", None)
-    classes = class_names(model, datamodule, count) if count else None
+    number = getattr(model, "num_classes", None) or getattr(datamodule, "num_classes", None)
+    classes = class_names(model, datamodule, number) if number else None
     inputs = {"input": {"shape": ["batch", *example[0].shape[1:]], "dtype": str(example[0].dtype).removeprefix("torch.")}}
     if len(example) == 2:
         inputs["padding_mask"] = {"shape": ["batch", *example[1].shape[1:]], "dtype": "bool",
@@ -184,7 +204,7 @@ def describe(model: LightningModule, datamodule: LightningDataModule, example: t
                          "how": "images with values in [0, 1], then (x - mean) / std per channel"}
         if getattr(datamodule, "reshape", None) is not None:
             normalization["then"] = "the image's rows read as a sequence: (C, H, W) -> (C * H, W)"
-    return {
+    description = {
         "format": format,
         "task": f"{type(model).__module__}.{type(model).__qualname__}",
         "inputs": inputs,
@@ -194,6 +214,11 @@ def describe(model: LightningModule, datamodule: LightningDataModule, example: t
         "check": {"inputs": count, "max_abs_difference": difference,
                   "tolerance": dict(zip(("atol", "rtol"), TOLERANCE[format]))},
     }
+    if format == "huggingface":
+        from experiments import export_huggingface
+
+        description["huggingface"] = export_huggingface.usage(model, datamodule)
+    return description
 
 
 def default_output(log_dir: str | None, format: Format) -> Path:
@@ -294,12 +319,14 @@ class LitlabTrainer(Trainer):
         format: Format = "safetensors",
         output: str | None = None,
     ) -> Path:
-        """Write the trained model as safetensors, ONNX or a torch.export program, checked against PyTorch.
+        """Write the trained model as safetensors, ONNX, a torch.export program or a transformers folder, checked.
 
         Args:
             ckpt_path: the checkpoint to export (a .ckpt file, a run folder, or last).
-            format: safetensors, onnx or exported_program.
-            output: the file to write (default: model.<suffix> in this command's run directory).
+            format: safetensors, onnx, exported_program or huggingface (a folder; for a model with a
+                models.backbones.HuggingFace backbone).
+            output: the file (or huggingface folder) to write (default: model.<suffix>, or model-huggingface,
+                in this command's run directory).
         """
         path = Path(output) if output else default_output(self.log_dir, format)
         return export_model(model, datamodule, ckpt_path, format, path)
