@@ -15,6 +15,7 @@ NAMES = {
     "DataModule": "datamodules.base",
     "DigitsDataModule": "datamodules.digits",
     "FolderDataModule": "datamodules.folder",
+    "HubDataModule": "datamodules.hub",
     "IGNORE_INDEX": "models.contract",
     "ImageDataModule": "datamodules.images",
     "Splits": "datamodules.base",

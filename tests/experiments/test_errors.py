@@ -157,7 +157,7 @@ def test_the_command_starts_without_importing_what_only_some_runs_use_and_its_he
     import sys
 
     # (Not transformers: where it is installed, torchmetrics imports it, and Lightning imports torchmetrics whole.)
-    optional = ("wandb", "timm", "onnx", "onnxruntime", "peft", "optuna", "sklearn")
+    optional = ("wandb", "timm", "onnx", "onnxruntime", "peft", "optuna", "sklearn", "datasets")
     loaded = f"print([m for m in {optional!r} if m in sys.modules])"
     script = (f"import sys, experiments.cli; {loaded}\n"
               "for args in (['fit', '--help'], ['fit', '--model.help', 'models.Classifier'],\n"
