@@ -57,7 +57,7 @@ def train_bpe(texts: list[str], vocab_size: int, min_frequency: int = 2):
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
 
 
-def main(argv: list[str]) -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="litlab tokenizer",
         description="Train a byte-level BPE tokenizer on the training split of an experiment's corpus and save it "
@@ -73,7 +73,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--test_fraction", type=float)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--cache_dir")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> None:
+    args = parser().parse_args(argv)
     settings = data_settings(args.config)
     settings.update({k: getattr(args, k) for k in SPLIT_KEYS if getattr(args, k) is not None})
     data = TextDataModule(**settings)

@@ -11,6 +11,7 @@ documented command writes are handled by name, each with its reason, below.
 """
 
 import contextlib
+import importlib
 import io
 import re
 import shlex
@@ -24,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_FENCES = {"", "bash", "sh", "shell"}
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict", "export")
+# Commands that are not training runs, each with an argparse parser of its own: `parser()` of the module.
+OWN_PARSERS = {"report": "experiments.report", "tokenizer": "experiments.tokenizer"}
 OPERATORS = {">", ">>", "|", "||", "&&", ";", "&", "<", "2>", "2>&1"}
 LAUNCHERS = {"srun", "torchrun", "mpirun"}
 ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
@@ -179,15 +182,13 @@ def parse(args: tuple[str, ...]) -> Parsed:
     from models.errors import ConfigError
 
     helps = any(arg in ("-h", "--help") or arg.endswith(".help") for arg in args)
-    argv = list(args) if "--print_config" in args or helps or args[0] == "report" else [*args, "--print_config"]
+    argv = list(args) if "--print_config" in args or helps or args[0] in OWN_PARSERS else [*args, "--print_config"]
     out, err = io.StringIO(), io.StringIO()
     code = 0
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            if argv[0] == "report":  # its own argparse parser, which main() hands the arguments to
-                from experiments.report import parser
-
-                parsed = parser().parse_args(argv[1:])
+            if argv[0] in OWN_PARSERS:  # its own argparse parser, which main() hands the arguments to
+                parsed = importlib.import_module(OWN_PARSERS[argv[0]]).parser().parse_args(argv[1:])
                 print(yaml.safe_dump(vars(parsed)))
                 raise SystemExit(0)
             if argv[0] not in TRAINER_SUBCOMMANDS:
@@ -267,6 +268,9 @@ def check(args: tuple[str, ...]) -> list[str]:
     if args[0] == "report":
         positional = [a for a in args[1:] if not a.startswith("--")]
         return [] if config.get("runs") == positional else [f"runs is {config.get('runs')!r}"]
+    if args[0] == "tokenizer":
+        return [f"--{key}={value} parsed as {config.get(key)!r}" for key, value, _ in _flags(args)
+                if not _same(config.get(key), value) and not (key == "config" and value in config["config"])]
     problems = [f"the printed config lacks {key}" for key in ("model", "data", "trainer") if not config.get(key)]
     for key, value, appends in _flags(args):
         if key in ("config", "print_config") or value is None:

@@ -1,5 +1,6 @@
 """Every YAML under experiments/ parses, instantiates and takes a training step, so none rots."""
 
+import json
 import re
 
 import pytest
@@ -65,7 +66,29 @@ def zoo_offline(config: dict) -> list[str]:
         return ['--model.init_args.backbone={"init_args": {"weights": null}}', "--data.init_args.image_size=32"]
     if backbone == "models.backbones.Timm":
         return ["--model.init_args.backbone.init_args.pretrained=false", "--data.init_args.batch_size=2"]
+    if backbone == "models.backbones.HuggingFace":
+        return hub_offline(config)
     return []
+
+
+# The Hub models the recipes name, by their transformers model type, and the sizes of a tiny one of each.
+HUB_TYPES = {"google-bert/bert-base-uncased": "bert", "google/vit-base-patch16-224": "vit", "Qwen/Qwen2.5-0.5B": "qwen2"}
+TINY_HUB = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32}
+TINY_BY_TYPE = {"vit": {"image_size": 32, "patch_size": 8}, "qwen2": {"num_key_value_heads": 1, "max_position_embeddings": 64}}
+
+
+def hub_offline(config: dict) -> list[str]:
+    """A Hub model built from its architecture's config at a tiny size, with random weights (nothing is
+    downloaded here; loading a save_pretrained folder is tested in tests/models/backbones)."""
+    name = config["model"]["init_args"]["backbone"]["init_args"]["name"]
+    kind = HUB_TYPES[name]
+    overrides = {**TINY_HUB, **TINY_BY_TYPE.get(kind, {})}
+    # As JSON: jsonargparse 4.53 reads a `null` flag two levels deep as the string "None".
+    init = {"name": None, "architecture": kind, "config_overrides": overrides}
+    args = [f"--model.init_args.backbone={json.dumps({'init_args': init})}"]
+    if kind == "vit":
+        args.append("--data.init_args.image_size=32")
+    return args
 
 
 def write_teacher(config: dict, path) -> str:
@@ -162,6 +185,32 @@ def test_the_fsdp_recipe_builds_its_strategy_and_trains_a_step_of_its_model_on_t
                           "--trainer.strategy=auto", "--trainer.precision=bf16-mixed", *small,
                           "--trainer.fast_dev_run=4", "--trainer.enable_progress_bar=false"])
     assert cli.trainer.accumulate_grad_batches == 4 and cli.trainer.gradient_clip_val == 1.0
+    assert cli.trainer.global_step == 1  # four batches, one optimizer step
+
+
+QWEN_FSDP_YAML = ROOT / "text" / "qwen_fsdp.yaml"
+
+
+@pytest.mark.slow
+def test_the_hub_decoder_fsdp_recipe_wraps_the_models_own_blocks_and_steps_a_tiny_one_with_its_checkpointing(
+    datasets_on_disk,
+):
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    parser = ArgumentParser()
+    parser.add_argument("--strategy", type=FSDPStrategy)
+    recipe = yaml.safe_load(QWEN_FSDP_YAML.read_text())
+    strategy = parser.instantiate(parser.parse_object({"strategy": recipe["trainer"]["strategy"]})).strategy
+    wrapped = {cls.__name__ for cls in strategy.kwargs["auto_wrap_policy"]._module_classes}
+    args = ["fit", "--config", str(QWEN_FSDP_YAML), "--trainer.accelerator=cpu", "--trainer.devices=1",
+            "--trainer.strategy=auto", "--trainer.precision=bf16-mixed", *hub_offline(recipe),
+            f"--data.tokenizer={datasets_on_disk.bpe_tokenizer()}", "--data.block_size=32", "--data.num_workers=0",
+            "--model.sample_prompts=null", "--trainer.fast_dev_run=4", "--trainer.enable_progress_bar=false"]
+    cli = LitlabCLI(args=args)
+    backbone = cli.model.backbone
+    assert wrapped == backbone.block_classes == {"Qwen2DecoderLayer"}  # one FSDP unit per decoder layer
+    assert backbone.model.is_gradient_checkpointing
     assert cli.trainer.global_step == 1  # four batches, one optimizer step
 
 
