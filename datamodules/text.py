@@ -77,6 +77,22 @@ def text_files(source: str) -> list[Path]:
     return files
 
 
+DATASET_FILES = (".parquet", ".jsonl", ".json", ".csv", ".tsv")
+
+
+def is_dataset(source: str) -> bool:
+    """Whether `source` is read by the datasets library: a save_to_disk folder, a data file of a kind
+    it reads (not .txt: a text file is one document), or a Hub id (no such local path, no glob)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+    if path.is_file():
+        return path.suffix.lower() in DATASET_FILES
+    from datamodules.hub import HUB_ID
+
+    return bool(HUB_ID.match(source)) and path.suffix.lower() != ".txt"
+
+
 class TokenWindows(Dataset):
     """Windows of one split of the cached corpus, each {"input", "target", "padding_mask"} of `block_size` tokens.
 
@@ -150,7 +166,10 @@ class TokenWindows(Dataset):
 class TextDataModule(DataModule):
     """Text for `models.LanguageModel`, `causal` (GPT) or `masked` (BERT).
 
-    source: None for the embedded corpus (Python's pydoc topics), or a .txt file, a folder or a glob.
+    source: None for the embedded corpus (Python's pydoc topics); a .txt file, a folder or a glob (one
+        document per file); or a corpus the `datasets` library reads (a save_to_disk folder, a .parquet,
+        .jsonl, .json or .csv file, or a Hub dataset id: one document per row of `text_column`, with the
+        data's own validation and test splits where it has them).
     tokenizer: `bytes` (litlab's byte-level tokens), or a Hugging Face tokenizer's Hub id or folder;
         the model's vocabulary is linked from it.
     block_size: tokens per window (the model's context).
@@ -163,6 +182,7 @@ class TextDataModule(DataModule):
         self,
         source: str | None = None,
         tokenizer: str = BYTES,
+        text_column: str = "text",
         objective: Objective = "causal",
         block_size: int = 128,
         split_by: SplitBy = "document",
@@ -189,6 +209,7 @@ class TextDataModule(DataModule):
         self.save_hyperparameters()
         self.source, self.objective, self.block_size, self.split_by = source, objective, block_size, split_by
         self.tokenizer = load_tokenizer(tokenizer)
+        self.text_column = text_column
         if objective == "masked" and self.tokenizer.mask_id is None:
             raise ConfigError(f"tokenizer {tokenizer} has no mask token, which masked language modelling writes over "
                               "the chosen tokens; use a tokenizer with one (BERT's) or objective: causal.")
@@ -208,15 +229,33 @@ class TextDataModule(DataModule):
 
     # ---- the corpus and its cache ----
 
-    def documents(self) -> tuple[list[tuple[str, Callable[[], str]]], str]:
-        """[(name, read)] of the corpus's documents, and a fingerprint of their versions."""
+    def documents(self) -> tuple[list[tuple[str, Callable[[], str]]], str, dict[str, list]]:
+        """[(name, read)] of the corpus's documents, a fingerprint of their versions, and the documents
+        of the validation and test splits the data has of its own (a `datasets` corpus's)."""
         if self.source is None:
             from pydoc_data.topics import topics
 
-            return [(name, (lambda name=name: topics[name])) for name in sorted(topics)], sys.version
+            return [(name, (lambda name=name: topics[name])) for name in sorted(topics)], sys.version, {}
+        if is_dataset(self.source):
+            return self._dataset_documents()
         files = text_files(self.source)
         stamp = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-        return [(str(f), (lambda f=f: read_utf8(f))) for f in files], json.dumps(stamp)
+        return [(str(f), (lambda f=f: read_utf8(f))) for f in files], json.dumps(stamp), {}
+
+    def _dataset_documents(self) -> tuple[list[tuple[str, Callable[[], str]]], str, dict[str, list]]:
+        """One document per row of `text_column`, read by the datasets library (`datamodules/hub.py`)."""
+        from datamodules import hub
+
+        splits = hub.own_splits(hub.read(self.source, None, None), self.source)
+        stamp, documents = [], {}
+        for split, data in splits.items():
+            hub.check_column(data, self.text_column, "text_column", "texts", self.source, split)
+            files = [Path(f["filename"]) for f in data.cache_files]
+            stamp += [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+            stamp.append((split, len(data)))
+            documents[split] = [(f"{split}[{i}]", (lambda data=data, i=i: data[i][self.text_column] or ""))
+                                for i in range(len(data))]
+        return documents.pop("train"), json.dumps(stamp), documents
 
     def _write(self, out, texts: list[str]) -> list[tuple[int, int]]:
         """Append the ids of `texts`, each closed by the end token, to `out`; (ids, bytes) of each."""
@@ -237,9 +276,10 @@ class TextDataModule(DataModule):
     def cached_corpus(self) -> tuple[Path, dict[str, tuple[int, int]]]:
         """The cache file, encoded if missing or stale, and each split's (start, end) in it, in tokens.
         Sets `tokens_per_byte` of each split."""
-        docs, stamp = self.documents()
+        docs, stamp, own = self.documents()
         split = (self.split_by, self.val_fraction, self.test_fraction, self.seed)
-        key = hashlib.sha256(json.dumps([self.source, stamp, split, self.tokenizer.fingerprint]).encode()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([self.source, self.text_column, stamp, split, self.tokenizer.fingerprint]).encode()
+                             ).hexdigest()[:16]
         suffix = f".u{np.dtype(self.tokenizer.dtype).itemsize * 8}"
         path, index = self.cache_dir / f"{key}{suffix}", self.cache_dir / f"{key}.json"
         if path.is_file() and index.is_file():
@@ -248,37 +288,52 @@ class TextDataModule(DataModule):
             self.tokens_per_byte = {k: (bounds[k][1] - bounds[k][0]) / stored["bytes"][k] for k in bounds}
             return path, bounds
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        carved = [name for name in ("val", "test") if name not in own]  # the splits cut from the training documents
         if self.split_by == "document":
-            if len(docs) < 3:
+            if len(docs) < 1 + len(carved):
                 raise ConfigError(
-                    f"split_by: document needs at least 3 documents (files) and {self.source} has {len(docs)}; "
-                    "use split_by: position."
+                    f"split_by: document needs at least {1 + len(carved)} documents (files) and {self.source} has "
+                    f"{len(docs)}; use split_by: position."
                 )
             order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(self.seed)).tolist()
             docs = [docs[i] for i in order]
         tmp = path.with_suffix(".tmp")
         ends, byte_ends = [0], [0]
         with tmp.open("wb") as out:  # a few documents at a time: the corpus never has to fit in memory
-            for first in range(0, len(docs), 256):
-                for count, size in self._write(out, [read() for _, read in docs[first : first + 256]]):
+            ordered = [*docs, *own.get("val", []), *own.get("test", [])]
+            for first in range(0, len(ordered), 256):
+                for count, size in self._write(out, [read() for _, read in ordered[first : first + 256]]):
                     ends.append(ends[-1] + count)
                     byte_ends.append(byte_ends[-1] + size)
-        ends, byte_ends = ends[1:], byte_ends[1:]
-        total, total_bytes = ends[-1], byte_ends[-1]
-        fractions = (1.0 - self.val_fraction - self.test_fraction, 1.0 - self.test_fraction)
+        # The training documents come first, then the data's own val and test documents, if any.
+        pool, pool_bytes = ends[len(docs)], byte_ends[len(docs)]
+        shares = {("val", "test"): (self.val_fraction, self.test_fraction), ("val",): (self.val_fraction,),
+                  ("test",): (self.test_fraction,), (): ()}[tuple(carved)]
+        fractions = [1.0 - sum(shares[i:]) for i in range(len(shares))]
         if self.split_by == "document":
             # At the document ends nearest the fractions of the bytes, a document at least each: the
             # same documents in each split whatever the tokenizer.
-            nearest = [min(range(len(ends)), key=lambda i: abs(byte_ends[i] - f * total_bytes)) for f in fractions]
-            first_val = min(max(nearest[0], 0), len(ends) - 3)
-            first_test = min(max(nearest[1], first_val + 1), len(ends) - 2)
-            cuts = [ends[first_val], ends[first_test]]
-            cut_bytes = [byte_ends[first_val], byte_ends[first_test]]
+            cut_docs = []
+            for n, f in enumerate(fractions):
+                low = (cut_docs[-1] if cut_docs else 0) + 1
+                high = len(docs) - (len(fractions) - n)
+                nearest = min(range(1, len(docs) + 1), key=lambda i: abs(byte_ends[i] - f * pool_bytes))
+                cut_docs.append(min(max(nearest, low), high))
+            cuts, cut_bytes = [ends[i] for i in cut_docs], [byte_ends[i] for i in cut_docs]
         else:  # the bytes of a part of the stream are its share of the tokens (exact with bytes)
-            cuts = [int(f * total) for f in fractions]
-            cut_bytes = [round(c * total_bytes / total) for c in cuts]
-        bounds = {"train": (0, cuts[0]), "val": (cuts[0], cuts[1]), "test": (cuts[1], total)}
-        sizes = {"train": cut_bytes[0], "val": cut_bytes[1] - cut_bytes[0], "test": total_bytes - cut_bytes[1]}
+            cuts = [int(f * pool) for f in fractions]
+            cut_bytes = [round(c * pool_bytes / pool) for c in cuts]
+        edges = [0, *cuts, pool]
+        starts = dict(zip(["train", *carved], zip(edges[:-1], edges[1:])))
+        byte_edges = [0, *cut_bytes, pool_bytes]
+        sizes = dict(zip(["train", *carved], [b - a for a, b in zip(byte_edges[:-1], byte_edges[1:])]))
+        first = len(docs)
+        for name in ("val", "test"):  # the data's own
+            if name in own:
+                last = first + len(own[name])
+                starts[name], sizes[name] = (ends[first], ends[last]), byte_ends[last] - byte_ends[first]
+                first = last
+        bounds = {name: starts[name] for name in ("train", "val", "test")}
         if any(end <= start for start, end in bounds.values()):
             raise ConfigError(f"The corpus is too small to split {bounds}; give more text or change the fractions.")
         os.replace(tmp, path)  # whole or absent, even if interrupted
@@ -289,7 +344,7 @@ class TextDataModule(DataModule):
     def split_texts(self, split: str) -> list[str]:
         """The documents of one split as text (with `split_by: position`, the pieces of the stream it
         holds), from a byte-level cache of the same split: what `litlab tokenizer` learns from."""
-        byte_level = TextDataModule(self.source, tokenizer=BYTES, split_by=self.split_by, val_fraction=self.val_fraction,
+        byte_level = TextDataModule(self.source, tokenizer=BYTES, text_column=self.text_column, split_by=self.split_by, val_fraction=self.val_fraction,
                                     test_fraction=self.test_fraction, cache_dir=str(self.cache_dir), seed=self.seed)
         path, bounds = byte_level.cached_corpus()
         start, end = bounds[split]

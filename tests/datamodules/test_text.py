@@ -122,3 +122,38 @@ def test_the_default_cache_lives_in_the_users_cache_folder(tmp_path, monkeypatch
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     TextDataModule(source=str(corpus(tmp_path / "text")), block_size=32).load()
     assert list((tmp_path / "xdg" / "litlab" / "text").glob("*.u8"))
+
+
+def test_a_datasets_corpus_keeps_its_own_splits_one_document_a_row(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = {split: [f"{split} document {i}: " + "words " * (5 + i) for i in range(n)]
+            for split, n in (("train", 12), ("validation", 3), ("test", 4))}
+    datasets.DatasetDict({split: datasets.Dataset.from_dict({"body": texts, "n": list(range(len(texts)))})
+                          for split, texts in rows.items()}).save_to_disk(str(tmp_path / "corpus"))
+    dm = TextDataModule(source=str(tmp_path / "corpus"), text_column="body", cache_dir=str(tmp_path / "cache"),
+                        block_size=8)
+    path, bounds = dm.cached_corpus()
+    data = path.read_bytes()
+    for split, own in (("val", "validation"), ("test", "test")):
+        start, end = bounds[split]
+        assert data[start:end].split(bytes([0xFF]))[:-1] == [t.encode() for t in rows[own]]  # in the data's order
+    start, end = bounds["train"]
+    assert sorted(data[start:end].split(bytes([0xFF]))[:-1]) == sorted(t.encode() for t in rows["train"])
+    with pytest.raises(ConfigError, match="'text' is not a column .* its columns are body, n"):
+        TextDataModule(source=str(tmp_path / "corpus"), cache_dir=str(tmp_path / "cache")).cached_corpus()
+
+
+def test_a_parquet_corpus_without_splits_is_split_by_documents_seeded(tmp_path):
+    pytest.importorskip("datasets")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [f"note {i} " + "x" * (10 + 3 * i) for i in range(20)]
+    pq.write_table(pa.table({"text": texts}), tmp_path / "notes.parquet")
+    dm = TextDataModule(source=str(tmp_path / "notes.parquet"), cache_dir=str(tmp_path / "cache"), block_size=4,
+                        val_fraction=0.2, test_fraction=0.2)
+    path, bounds = dm.cached_corpus()
+    data = path.read_bytes()
+    parts = {name: data[a:b].split(bytes([0xFF]))[:-1] for name, (a, b) in bounds.items()}
+    assert sorted(sum(parts.values(), [])) == sorted(t.encode() for t in texts)  # every row once, whole
+    assert all(len(parts[name]) >= 3 for name in ("val", "test"))  # about a fifth of the bytes each
