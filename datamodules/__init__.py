@@ -15,6 +15,7 @@ NAMES = {
     "DataModule": "datamodules.base",
     "DigitsDataModule": "datamodules.digits",
     "FolderDataModule": "datamodules.folder",
+    "HubCaptionsDataModule": "datamodules.hub_captions",
     "HubDataModule": "datamodules.hub",
     "IGNORE_INDEX": "models.contract",
     "ImageDataModule": "datamodules.images",

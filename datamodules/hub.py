@@ -1,4 +1,6 @@
-"""Labelled texts or images read with Hugging Face's `datasets` library, for classification.
+"""Labelled texts or images read with Hugging Face's `datasets` library, for classification
+(image-caption pairs for CLIP: `datamodules/hub_captions.py`; a language model's corpus:
+`TextDataModule`, whose `source` may be a dataset too).
 
 `path` is, in the order it is tried:
 

@@ -338,7 +338,7 @@ def test_each_once_gives_every_sample_to_exactly_one_process(n, world):
 
 @pytest.mark.parametrize("name", ["DigitsDataModule", "FolderDataModule", "TextDataModule",
                                   "TextClassificationDataModule", "CaptionedDigitsDataModule", "CaptionedFolderDataModule",
-                                  "HubDataModule"])
+                                  "HubDataModule", "HubCaptionsDataModule"])
 @pytest.mark.parametrize("fractions, message", [
     ({"test_fraction": 1.0}, "test_fraction must be between 0 and 1 (exclusive); got 1.0."),
     ({"val_fraction": 0.5, "test_fraction": 0.5}, "val_fraction + test_fraction must leave data to train on"),
@@ -348,7 +348,7 @@ def test_every_datamodule_that_holds_out_its_own_test_split_checks_it_in_the_sam
     import datamodules
 
     datasets_on_disk.image_folder(tmp_path, classes=2, per_class=2)
-    folder = {"root": str(tmp_path)} if "Folder" in name else {"path": str(tmp_path)} if name == "HubDataModule" else {}
+    folder = {"root": str(tmp_path)} if "Folder" in name else {"path": str(tmp_path)} if name.startswith("Hub") else {}
     with pytest.raises(ConfigError) as refused:
         getattr(datamodules, name)(**folder, **fractions)
     assert str(refused.value).startswith(message)
