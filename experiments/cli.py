@@ -21,6 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from callbacks.checkpoints import AtomicCheckpointIO
+from callbacks.speed import Speed
 from experiments.export import LitlabTrainer
 from experiments.parsing import (
     LitlabArgumentParser, check_arguments, check_builds_only_classes, check_trains_something, config_error_in,
@@ -293,6 +294,8 @@ class LitlabCLI(LightningCLI):
         for callback in self.trainer.callbacks:
             if isinstance(callback, EarlyStopping) and callback.stopping_reason_message:
                 lines.append(f"stopped early at epoch {callback.stopped_epoch}: {callback.stopping_reason_message}")
+            if isinstance(callback, Speed) and callback.summary():
+                lines.append(callback.summary())
         if best:
             lines.append(f"best checkpoint: {best}")
         if log_dir:

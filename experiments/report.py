@@ -256,6 +256,14 @@ def report(run_dir: str) -> Path:
                             f"{name}: learning rate")
     confusion = read_confusion(folder)
     plots["confusion"] = confusion_plot(out / "confusion.png", *confusion) if confusion else None
+    # How fast each epoch trained (callbacks.Speed): tokens per second where the inputs are tokens.
+    speed = read_metrics(folder / "speed.csv") if (folder / "speed.csv").is_file() else []
+    rate = "tokens_per_s" if any("tokens_per_s" in row for row in speed) else "samples_per_s"
+    plots["speed"] = line_plot(out / "speed.png", series(speed, "epoch", lambda k: k == rate), "epoch",
+                               f"{name}: training {rate.removesuffix('_per_s')} per second")
+    utilisation = {"MFU (%)": [(e, 100 * v) for e, v in series(speed, "epoch", lambda k: k == "mfu").get("mfu", [])]}
+    plots["mfu"] = line_plot(out / "mfu.png", {k: v for k, v in utilisation.items() if v}, "epoch",
+                             f"{name}: model FLOPs utilisation")
 
     final: dict[str, tuple[float, float | None]] = {}
     for row in rows:
@@ -277,8 +285,18 @@ def report(run_dir: str) -> Path:
     lines += ["", f"Best checkpoint: `{best[-1]}`" if best else "Best checkpoint: none saved yet.", ""]
     if config:
         lines += ["## Settings", "", *[f"- {line}" for line in key_settings(config)], ""]
+    if speed:
+        last = speed[-1]
+        figures = [f"{last[k]:,.0f} {unit}" for k, unit in (("samples_per_s", "samples/s"), ("tokens_per_s", "tokens/s"))
+                   if k in last]
+        if "flops_per_batch" in last:
+            figures.append(f"{last['flops_per_batch'] / 1e9:.3g} GFLOP a batch")
+        if "mfu" in last:
+            figures.append(f"MFU {100 * last['mfu']:.2g}% of a {last['peak_flops'] / 1e12:.3g} TFLOP/s peak")
+        figures.append(f"peak memory {last['peak_memory_gb']:.2f} GB")
+        lines += ["## Speed", "", f"Last epoch ({int(last['epoch']) + 1}): " + ", ".join(figures) + ".", ""]
     titles = {"loss": "Loss", "metrics": "Training and validation metrics", "lr": "Learning rate",
-              "confusion": "Test confusion matrix"}
+              "confusion": "Test confusion matrix", "speed": "Training speed", "mfu": "Model FLOPs utilisation"}
     lines += ["## Plots", ""] + [f"![{titles[name]}]({path.name})" for name, path in plots.items() if path]
     written = ", ".join(path.name for path in plots.values() if path)
     out = out / "report.md"
