@@ -113,6 +113,7 @@ class Speed(L.Callback):
         self.flops: int | None = None  # of one training batch of this process
         self.last: dict | None = None  # the last epoch's row
         self._counter: FlopCounterMode | None = None
+        self._restart()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         device = pl_module.device
@@ -123,8 +124,12 @@ class Speed(L.Callback):
         else:
             self.peak_flops = cpu_peak_flops(dtype)
         self.counting = not pl_module.hparams.get("compile", False)
+        self._restart()  # a fit resumed in the middle of an epoch starts counting here
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restart()
+
+    def _restart(self) -> None:
         self._start, self._validating, self._samples, self._tokens, self._steps = time.perf_counter(), 0.0, 0, 0, 0
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
@@ -144,7 +149,7 @@ class Speed(L.Callback):
         self._validation_start = time.perf_counter()
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking and trainer.state.fn == "fit" and hasattr(self, "_validating"):
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
             self._validating += time.perf_counter() - self._validation_start  # validation inside a training epoch
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
@@ -153,7 +158,7 @@ class Speed(L.Callback):
             self._counter = None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not hasattr(self, "_start") or not self._steps:
+        if not self._steps:
             return
         seconds = max(time.perf_counter() - self._start - self._validating, 1e-9)
         world = trainer.world_size

@@ -216,8 +216,9 @@ class DataModule(L.LightningDataModule):
     def _report_batch_size(self) -> None:
         # Contrastive negatives and the right learning rate depend on the global batch, not the per-device one.
         accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
-        share = -(-len(self.train_dataset) // self.world_size)  # the training samples each process sees
-        device = min(self.device_batch_size, share)
+        # The training samples each process sees (a stream's are endless).
+        share = -(-len(self.train_dataset) // self.world_size) if hasattr(self.train_dataset, "__len__") else None
+        device = self.device_batch_size if share is None else min(self.device_batch_size, share)
         total = device * self.world_size * accumulate
         capped = (f" (batch_size {self.device_batch_size} is more than the {share} training samples of each process, "
                   "so every epoch is one batch of them)" if device < self.device_batch_size else "")

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.base import BatchScope, DataModule, Splits
 from datamodules.files import files_under
 from models.contract import IGNORE_INDEX, Batch
-from models.run_state import SeedKey, derived_seed, run_seed
+from models.run_state import SeedKey, batches_done, derived_seed, run_seed
 from models.contract import Objective
 from models.errors import ConfigError, check_fraction, check_positive
 from models.tokenizer import BYTES, END, SEPARATOR, Tokenizer, load_tokenizer
@@ -82,10 +82,14 @@ DATASET_FILES = (".parquet", ".jsonl", ".json", ".csv", ".tsv")
 
 def is_dataset(source: str) -> bool:
     """Whether `source` is read by the datasets library: a save_to_disk folder, a data file of a kind
-    it reads (not .txt: a text file is one document), or a Hub id (no such local path, no glob)."""
+    it reads (not .txt: a text file is one document) or a folder of them, or a Hub id (no such local
+    path, no glob)."""
     path = Path(source).expanduser()
     if path.is_dir():
-        return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            return True
+        suffixes = {Path(f).suffix.lower() for f in files_under(path)}
+        return bool(suffixes & set(DATASET_FILES)) and ".txt" not in suffixes  # a folder of data files
     if path.is_file():
         return path.suffix.lower() in DATASET_FILES
     from datamodules.hub import HUB_ID
@@ -146,22 +150,32 @@ class TokenWindows(Dataset):
         window = torch.from_numpy(np.array(self.tokens[first : min(first + n, self.end)], dtype=np.int64))
         if self.bytes:
             window[window == SEPARATOR] = END
-        real = len(window) - self.shift  # positions with a target
-        window = torch.cat([window, torch.full((n - len(window),), self.pad)])  # the last evaluation window
-        x = window[: self.block_size].clone()
-        padding = torch.arange(self.block_size) >= real
-        if self.objective == "causal":
-            y = window[1:].clone()
-            y[padding] = IGNORE_INDEX
-            return {"input": x, "target": y, "padding_mask": padding}
-        chosen = (torch.rand(self.block_size, generator=g) < self.mask_fraction) & ~padding
-        y = torch.where(chosen, x, IGNORE_INDEX)
-        roll = torch.rand(self.block_size, generator=g)
-        x = torch.where(chosen & (roll < 0.8), self.mask, x)
-        random_token = torch.randint(0, self.random_high, (self.block_size,), generator=g)
-        x = torch.where(chosen & (roll >= 0.8) & (roll < 0.9), random_token, x)
-        return {"input": x, "target": y, "padding_mask": padding}
+        return window_sample(window, self.block_size, self.objective, self.pad, self.mask, self.random_high,
+                             self.mask_fraction, g)
 
+
+def window_sample(window: torch.Tensor, block_size: int, objective: Objective, pad: int, mask: int | None,
+                  random_high: int, mask_fraction: float, g: torch.Generator) -> Batch:
+    """{"input", "target", "padding_mask"} of a window of ids (block_size + 1 of them for `causal`, whose
+    targets are the next ids; fewer at a split's end, padded with `pad`). `masked`: BERT's corruption
+    of `mask_fraction` of the positions, drawn from `g`, scored only there."""
+    shift = 1 if objective == "causal" else 0
+    n = block_size + shift
+    real = len(window) - shift  # positions with a target
+    window = torch.cat([window, torch.full((n - len(window),), pad)])  # the last evaluation window
+    x = window[:block_size].clone()
+    padding = torch.arange(block_size) >= real
+    if objective == "causal":
+        y = window[1:].clone()
+        y[padding] = IGNORE_INDEX
+        return {"input": x, "target": y, "padding_mask": padding}
+    chosen = (torch.rand(block_size, generator=g) < mask_fraction) & ~padding
+    y = torch.where(chosen, x, IGNORE_INDEX)
+    roll = torch.rand(block_size, generator=g)
+    x = torch.where(chosen & (roll < 0.8), mask, x)
+    random_token = torch.randint(0, random_high, (block_size,), generator=g)
+    x = torch.where(chosen & (roll >= 0.8) & (roll < 0.9), random_token, x)
+    return {"input": x, "target": y, "padding_mask": padding}
 
 class TextDataModule(DataModule):
     """Text for `models.LanguageModel`, `causal` (GPT) or `masked` (BERT).
@@ -174,6 +188,9 @@ class TextDataModule(DataModule):
         the model's vocabulary is linked from it.
     block_size: tokens per window (the model's context).
     prompts_file: UTF-8 text, one prompt per line, that `litlab predict` continues.
+    streaming: read a `datasets` corpus as a stream, never written to the disk whole
+        (`datamodules/streaming.py`): one endless training epoch, so the fit needs
+        `trainer.max_steps` and `trainer.val_check_interval` (steps).
     """
 
     num_classes = None
@@ -191,6 +208,7 @@ class TextDataModule(DataModule):
         mask_fraction: float = 0.15,
         cache_dir: str | None = None,
         prompts_file: str | None = None,
+        streaming: bool = False,
         batch_size: int = 32,
         batch_scope: BatchScope = "device",
         num_workers: int = 0,
@@ -215,6 +233,10 @@ class TextDataModule(DataModule):
                               "the chosen tokens; use a tokenizer with one (BERT's) or objective: causal.")
         self.mask_fraction = mask_fraction
         self.prompts_file = prompts_file
+        self.streaming = streaming
+        if streaming and (source is None or not is_dataset(source)):
+            raise ConfigError("streaming: true reads a corpus through the datasets library: give data.source as local "
+                              ".parquet / .jsonl / .csv files or a Hub dataset id (a .txt corpus is cached, not streamed).")
         default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "litlab" / "text"
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default
         self.tokens_per_byte: dict[str, float] = {}  # of each split, known once it is loaded
@@ -352,6 +374,69 @@ class TextDataModule(DataModule):
             f.seek(start)
             data = f.read(end - start)
         return [doc.decode("utf-8", "replace") for doc in data.split(bytes([SEPARATOR])) if doc]
+
+    # ---- a streamed corpus (datamodules/streaming.py) ----
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.streaming and stage == "fit" and self.trainer is not None and self.trainer.max_steps < 0:
+            raise ConfigError("A streamed corpus is one endless epoch: set --trainer.max_steps, and validate every N steps "
+                              "with --trainer.val_check_interval=N --trainer.check_val_every_n_epoch=null.")
+        super().setup(stage)
+
+    def _split(self) -> None:
+        if not self.streaming:
+            return super()._split()
+        from datamodules.streaming import HashSplit, StreamedWindows, open_stream, own_split_names
+
+        own = own_split_names(self.source)
+        carved = [name for name in ("val", "test") if name not in own]
+        shares = {"val": self.val_fraction, "test": self.test_fraction}
+        edges, low = {}, 0.0  # the carved splits take the first shares of the hash range, training the rest
+        for name in carved:
+            edges[name], low = (low, low + shares[name]), low + shares[name]
+        edges["train"] = (low, 1.0)
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        world = self.world_size
+        shards = open_stream(self.source, own["train"]).n_shards
+        per_process = shards // world if shards % world == 0 else shards
+        if self.num_workers > per_process:
+            raise ConfigError(f"{self.source} streams in {shards} shard(s), {per_process} for each of {world} process(es), "
+                              f"and each of data.num_workers={self.num_workers} workers reads shards of its own; lower "
+                              "data.num_workers, or split the data into more files.")
+
+        def windows(name: str, train: bool, rank: int = rank, world: int = world) -> "StreamedWindows":
+            keep = HashSplit(self.seed, *edges[name]) if carved and (name in carved or name == "train") else None
+            return StreamedWindows(self.source, own.get(name, own["train"]), self.text_column, self.tokenizer.name,
+                                   self.block_size, self.objective, train, seed=run_seed() if train else self.seed,
+                                   rank=rank, world_size=world, keep=keep, mask_fraction=self.mask_fraction,
+                                   batch_size=self.device_batch_size)
+
+        self.train_dataset = self.labelled_dataset = windows("train", True)
+        self.val_dataset, self.test_dataset = windows("val", False), windows("test", False)
+        self.unlabelled_dataset = None
+        # Bits per byte need each evaluation split's tokens per byte: counted over all of it, once.
+        for name in ("val", "test"):
+            tokens = size = 0
+            for text in windows(name, False, rank=0, world=1).documents(1):
+                tokens += len(self.tokenizer.encode(text)) + 1
+                size += len(text.encode("utf-8", "surrogatepass")) + 1
+            self.tokens_per_byte[name] = tokens / max(size, 1)
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.streaming:
+            return super().train_dataloader()
+        from datamodules.streaming import StreamLoader
+
+        loader = self._loader(self.train_dataset, None, StreamLoader, batches_done=lambda: batches_done(self.trainer))
+        if getattr(self, "_resume_position", None) is not None:
+            loader.load_state_dict(self._resume_position)
+            self._resume_position = None
+        self._train_loader = loader
+        return loader
+
+    def _exact(self, dataset) -> DataLoader:
+        # A stream's windows are already this process's own (it reads its own shards).
+        return self._loader(dataset) if self.streaming else super()._exact(dataset)
 
     def load(self) -> Splits:
         path, bounds = self.cached_corpus()
