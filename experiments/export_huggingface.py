@@ -20,7 +20,6 @@ A classifier's config.json names its classes (`id2label`, `label2id`). Byte-leve
 (`tokenizer: bytes`) has no tokenizer files: the JSON says how its ids are made.
 """
 
-import contextlib
 import copy
 import importlib
 import inspect
@@ -31,7 +30,7 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from torch import nn
 
-from models.backbones.huggingface import HuggingFace
+from models.backbones.huggingface import HuggingFace, quiet
 from models.classifier import Classifier
 from models.contract import class_names
 from models.errors import ConfigError
@@ -79,7 +78,7 @@ def write(module: nn.Module, example: tuple[torch.Tensor, ...], output: Path, da
     task, backbone = module.task, module.task.backbone
     name, head_file = plain_class(task)
     classes = class_names(task, datamodule, task.num_classes) if isinstance(task, Classifier) else None
-    with _quiet(transformers):
+    with quiet(transformers):
         if name == "AutoModelForImageClassification":
             config = _labelled(copy.deepcopy(backbone.model.config), classes)
             plain = getattr(transformers, OWN_HEAD[config.model_type])(config)
@@ -119,21 +118,6 @@ def write(module: nn.Module, example: tuple[torch.Tensor, ...], output: Path, da
         return pooled @ head["weight"].T + head["bias"]
 
     return run
-
-
-@contextlib.contextmanager
-def _quiet(transformers):
-    """transformers' warnings and progress bars off, for a while."""
-    logging = transformers.utils.logging
-    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(verbosity)
-        if bars:
-            logging.enable_progress_bar()
 
 
 def _labelled(config, classes: list[str]):

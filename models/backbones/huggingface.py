@@ -14,6 +14,7 @@ files where the folder has them; transformers reads a `.bin` file only with `tor
 weights_only=True)`, which unpickles tensors and plain values alone.
 """
 
+import contextlib
 import importlib
 import inspect
 import logging
@@ -41,6 +42,21 @@ def _transformers():
         raise ConfigError(
             "The HuggingFace backbone needs the transformers package; install it with pip install 'litlab[hf]'."
         ) from None
+
+
+@contextlib.contextmanager
+def quiet(transformers):
+    """transformers' warnings and progress bars off, for a while: notices a litlab user cannot act on."""
+    logging = transformers.utils.logging
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
 
 
 def _remote_code(err: Exception) -> bool:
@@ -98,9 +114,10 @@ class HuggingFace(nn.Module):
         load = name is not None and pretrained
         try:
             # A .bin weights file is unpickled as tensors and plain values only (weights_only).
-            model = (auto.from_pretrained(name, config=config, revision=revision, dtype=torch.float32,
-                                          trust_remote_code=False, weights_only=True) if load
-                     else auto.from_config(config, trust_remote_code=False))
+            with quiet(transformers):  # its progress bars of loading and a tied head's notices
+                model = (auto.from_pretrained(name, config=config, revision=revision, dtype=torch.float32,
+                                              trust_remote_code=False, weights_only=True) if load
+                         else auto.from_config(config, trust_remote_code=False))
         except ValueError:
             # Raised by the auto class for a config it has no model of for this head.
             fix = "choose a model with that head, or leave lm_head unset" if lm_head else "choose another model"
