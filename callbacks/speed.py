@@ -9,8 +9,9 @@ FLOPs utilisation (FLOPs done per second over the device's peak), and the peak m
 allocator on a GPU, the process's resident set on a CPU). The last epoch's figures are printed
 with the run's closing lines, and `litlab report` plots them.
 
-The time of an epoch is its training alone: from the epoch's start to its end, less the
-validation inside it. The peak of a GPU comes from Lightning's table of known devices
+The time of an epoch is its training alone: each batch's step and the wait for its data, summed
+batch by batch, leaving out every validation and what runs right after it (a language model's
+samples). The peak of a GPU comes from Lightning's table of known devices
 (`get_available_flops`, by the precision's compute dtype); a CPU's is measured once, the best
 rate of a 1024 x 1024 matrix product in the run's dtype on the run's threads, and cached in
 `~/.cache/litlab/cpu_peak.json`. Speed lives in its own file, not in metrics.csv: a resumed
@@ -130,9 +131,17 @@ class Speed(L.Callback):
         self._restart()
 
     def _restart(self) -> None:
-        self._start, self._validating, self._samples, self._tokens, self._steps = time.perf_counter(), 0.0, 0, 0, 0
+        # Training time is summed batch by batch: each batch's step, and the wait for it since the
+        # previous one, unless a validation (with whatever runs after it, such as a language
+        # model's samples) came in between.
+        self._train_time, self._mark, self._away = 0.0, time.perf_counter(), False
+        self._samples, self._tokens, self._steps = 0, 0, 0
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if not self._away:
+            self._train_time += now - self._mark  # loading this batch
+        self._away, self._batch_start = False, now
         if self.counting and self.flops is None:
             self._counter = FlopCounterMode(display=False)
             self._counter.__enter__()
@@ -144,13 +153,11 @@ class Speed(L.Callback):
         self._samples += samples_in(batch)
         self._tokens += tokens_in(batch)
         self._steps += 1
+        self._mark = time.perf_counter()
+        self._train_time += self._mark - self._batch_start
 
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._validation_start = time.perf_counter()
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking and trainer.state.fn == "fit":
-            self._validating += time.perf_counter() - self._validation_start  # validation inside a training epoch
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._away = True
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if self._counter is not None:  # never leave the counter observing after a failed step
@@ -158,9 +165,10 @@ class Speed(L.Callback):
             self._counter = None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks
         if not self._steps:
             return
-        seconds = max(time.perf_counter() - self._start - self._validating, 1e-9)
+        seconds = max(self._train_time, 1e-9)
         world = trainer.world_size
         row = {
             "epoch": trainer.current_epoch,
@@ -177,8 +185,8 @@ class Speed(L.Callback):
         self.last = row
         if not trainer.is_global_zero:
             return
-        if trainer.log_dir:
-            path = Path(trainer.log_dir) / self.file
+        if log_dir:
+            path = Path(log_dir) / self.file
             new = not path.is_file()
             with path.open("a", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=FIELDS)
