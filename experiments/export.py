@@ -11,7 +11,8 @@ program through torch.export.load), runs real inputs from the DataModule's test 
 in two batch sizes (the batch axis is dynamic), and must give the PyTorch model's outputs
 within `TOLERANCE`, else the file is removed and the export fails with the difference.
 
-`huggingface` writes a `save_pretrained` folder that plain `transformers` loads and runs
+A LoRA run is exported merged: its adapters are checked against their base and folded into it,
+so every format holds plain weights. `huggingface` writes a `save_pretrained` folder that plain `transformers` loads and runs
 (`experiments/export_huggingface.py`).
 """
 
@@ -27,7 +28,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from models.checkpoints import check_fits, read_state_dict
+from models.checkpoints import check_fits, read_checkpoint, read_state_dict
 from models.contract import class_names
 from models.errors import ConfigError
 from models.lazy import has_lazy, materialize
@@ -96,6 +97,9 @@ def export_model(
         export_huggingface.check_folder(output)
     batches = sample_inputs(datamodule)
     load_weights(model, datamodule, checkpoint)
+    merge = getattr(model, "merge_adapters", None)
+    if merge is not None:  # LoRA: the adapters checked against their base, then folded into it: plain weights out
+        merge(read_checkpoint(checkpoint))
     model.eval()
     masked = len(batches[0]) == 2
     module = Inference(model, masked).eval()

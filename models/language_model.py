@@ -1,6 +1,8 @@
 """LanguageModel: a token Transformer trained on text, causal (GPT) or masked (BERT)."""
 
 import math
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,12 +13,12 @@ from models.contract import IGNORE_INDEX, Batch, Objective, field
 from models.run_state import derived_seed, run_seed
 from models.tokenizer import BYTES, load_tokenizer
 from models.errors import ConfigError, check_positive
+from models.lora import LoRA
 from models.optim import OptimizerCallable, Schedule
 from models.task import Task
 
 
-
-class LanguageModel(Task):
+class LanguageModel(LoRA, Task):
     """The backbone (a `Transformer` with `input: tokens`) and a language-model head whose
     weights are the token embedding's (weight tying, as GPT-2 and nanoGPT do).
 
@@ -30,6 +32,12 @@ class LanguageModel(Task):
     after every validation (`on_validation_end`), and `litlab predict` continues its prompts, each
     by `max_new_tokens` new tokens drawn at `temperature` from the `top_k` likeliest (none: from
     all; temperature 0: always the likeliest).
+
+    `checkpoint` (a file, run folder or LoRA checkpoint, as FineTune reads them) fills the backbone
+    with pretrained weights, for continued pretraining or instruction tuning. `mode: lora` trains
+    low-rank adapters alone (models/lora.py; `lora_rank`, `lora_alpha`, `lora_dropout` and
+    `lora_targets` as FineTune's): the backbone and its language-model head, tied to the
+    embedding or the model's own, stay frozen.
     """
 
     def __init__(
@@ -45,6 +53,12 @@ class LanguageModel(Task):
         temperature: float = 0.8,
         top_k: int | None = 40,
         tokenizer: str = BYTES,
+        checkpoint: str | None = None,
+        mode: Literal["full", "lora"] = "full",
+        lora_rank: int = 8,
+        lora_alpha: float = 16.0,
+        lora_dropout: float = 0.0,
+        lora_targets: str | list[str] | None = None,
     ) -> None:
         super().__init__(optimizer=optimizer, schedule=schedule, warmup_fraction=warmup_fraction)
         # A backbone with a language-modelling head of its own (a Hugging Face model loaded with
@@ -84,6 +98,12 @@ class LanguageModel(Task):
         self.sample_prompts, self.max_new_tokens = sample_prompts or [], max_new_tokens
         self.temperature, self.top_k = temperature, top_k
         self.tokenizer = load_tokenizer(tokenizer)
+        base = self.load_pretrained(checkpoint) if checkpoint is not None else None
+        if mode == "lora":
+            # The head is the base's too: the embedding's transpose, or the model's own.
+            self.add_lora(lora_rank, lora_alpha, lora_dropout, lora_targets, base, frozen_parts=("head",))
+        elif mode != "full":
+            raise ConfigError(f"LanguageModel mode must be 'full' or 'lora'; got {mode!r}.")
 
     def on_validation_end(self) -> None:
         """The quickest read of what the model has learnt: each of `sample_prompts` continued by

@@ -1,0 +1,438 @@
+"""LoRA (`mode: lora` of FineTune and LanguageModel): only the adapters and the head learn, on litlab's
+Transformer, timm, torchvision and Hugging Face backbones; a checkpoint holds the adapters, the head and a
+checked reference to their base; merged weights give the adapted model's outputs, and export writes them."""
+
+import hashlib
+import json
+import sys
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import pytest
+import safetensors.torch
+import torch
+
+import experiments.export as export
+from datamodules import DigitsDataModule
+from experiments.cli import DEFAULTS
+from models import FineTune, LanguageModel, lora
+from models.backbones import CNN, HuggingFace, Timm, Torchvision, Transformer
+from models.backbones.huggingface import TINY
+from models.errors import ConfigError
+
+pytest.importorskip("peft")
+
+# Merged weights against the adapted layers in float32: W x + s B A x against (W + s B A) x, summed
+# in another order; the largest gap seen was 4e-6 of the output (docs/pretraining-and-fine-tuning.md).
+TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
+RECIPE = DEFAULTS.parent / "digits" / "finetune_lora.yaml"
+DIGITS = partial(DigitsDataModule, view="sequence")
+
+
+def trainer(**kwargs) -> L.Trainer:
+    return L.Trainer(**{"logger": False, "enable_progress_bar": False, "enable_model_summary": False,
+                        "enable_checkpointing": False, "limit_val_batches": 1, **kwargs})
+
+
+def transformer(**kwargs) -> Transformer:
+    """litlab's Transformer reading the digits' rows as a sequence (its first layer sized by the data)."""
+    return Transformer(**{"input": "sequence", "d_model": 64, "depth": 2, "heads": 4, **kwargs})
+
+
+def save_base(path: Path, seed: int, **kwargs) -> str:
+    """A Transformer's weights, as a plain state dict: a pretrained backbone for the test's purpose."""
+    torch.manual_seed(seed)
+    backbone = transformer(**kwargs)
+    backbone(torch.zeros(1, 8, 8))  # sizes the first layer
+    torch.save(backbone.state_dict(), path)
+    return str(path)
+
+
+def adapted(seed: int, checkpoint: str | None, **kwargs) -> FineTune:
+    torch.manual_seed(seed)
+    return FineTune(backbone=transformer(), num_classes=10, checkpoint=checkpoint, mode="lora",
+                    optimizer=partial(torch.optim.AdamW, lr=0.01), **{"lora_rank": 4, **kwargs})
+
+
+def trainable(model) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def is_adapter(name: str) -> bool:
+    return ".lora_A." in name or ".lora_B." in name
+
+
+def digits_batch(n: int = 16) -> torch.Tensor:
+    data = DIGITS()
+    data.setup("test")
+    return next(iter(data.test_dataloader()))["input"][:n]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    """A base file; six LoRA steps and six full fine-tuning steps on it, each saved as a Lightning .ckpt."""
+    folder = tmp_path_factory.mktemp("lora")
+    base = save_base(folder / "base.pt", seed=0)
+    out = {"base": base}
+    for mode in ("lora", "full"):
+        L.seed_everything(0)
+        model = (adapted(1, base) if mode == "lora" else
+                 FineTune(backbone=transformer(), num_classes=10, checkpoint=base, optimizer=partial(torch.optim.AdamW, lr=0.01)))
+        fit = trainer(max_steps=6)
+        fit.fit(model, datamodule=DIGITS())
+        fit.save_checkpoint(folder / f"{mode}.ckpt")
+        out[mode] = {"model": model.eval(), "ckpt": str(folder / f"{mode}.ckpt"),
+                     "optimized": {name for name, p in model.named_parameters()
+                                   if any(p is q for g in fit.optimizers[0].param_groups for q in g["params"])}}
+    return out
+
+
+# ---- only the adapters and the head learn ----
+
+
+# litlab's Transformer (its attention and MLP projections) from a file or with its first layer sized by
+# the data, and litlab's CNN (its convolutions but the first, which the data sizes; batch norm between).
+STARTS = {
+    "transformer-file": (transformer, DIGITS, sorted(f"blocks.{i}.{n}" for i in (0, 1)
+                                                     for n in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"))),
+    "transformer-lazy": (transformer, DIGITS, None),
+    "cnn-file": (lambda: CNN(channels=[8, 16]), DigitsDataModule, ["features.11", "features.3", "features.8"]),
+}
+
+
+@pytest.mark.parametrize("start", sorted(STARTS))
+def test_only_the_adapters_and_the_head_train_and_the_base_ends_as_it_began(tmp_path, monkeypatch, start):
+    build, data, layers = STARTS[start]
+    said = []
+    monkeypatch.setattr(lora, "rank_zero_info", said.append)
+    base = None
+    if start.endswith("file"):
+        torch.manual_seed(0)
+        pretrained = build()
+        pretrained.train()(data().example_input[:4])  # sized, and its batch-norm statistics moved off their start
+        base = str(tmp_path / "base.pt")
+        torch.save(pretrained.state_dict(), base)
+    L.seed_everything(0)
+    model = FineTune(backbone=build(), num_classes=10, checkpoint=base, mode="lora", lora_rank=4,
+                     optimizer=partial(torch.optim.AdamW, lr=0.01))
+    before = {k: v.clone() for k, v in lora.base_state(model.backbone).items() if not torch.nn.parameter.is_lazy(v)}
+    fit = trainer(max_steps=5, limit_val_batches=2, val_check_interval=2)
+    fit.fit(model, datamodule=data(batch_size=16))
+
+    optimized = {id(p) for group in fit.optimizers[0].param_groups for p in group["params"]}
+    adapters = {name for name in trainable(model) if name.startswith("backbone.")}
+    assert adapters and all(is_adapter(name) for name in adapters)
+    assert trainable(model) == adapters | {"head.weight", "head.bias"}
+    assert optimized == {id(p) for name, p in model.named_parameters() if name in trainable(model)}  # nothing else
+    if layers is not None:
+        assert sorted(model.lora["modules"]) == layers
+    after = lora.base_state(model.backbone)
+    first = next(m for m in model.backbone.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+    assert not first.weight.requires_grad  # the first layer, sized by the data: frozen too
+    if base is not None:
+        assert before.keys() == after.keys() == torch.load(base, weights_only=True).keys()
+    assert all(torch.equal(before[k], after[k]) for k in before), [k for k in before if not torch.equal(before[k], after[k])]
+    assert all(model.get_parameter(n).abs().sum() > 0 for n in adapters if ".lora_B." in n)  # B starts at 0: it learned
+    total = sum(p.numel() for p in model.parameters())
+    count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert any(f"LoRA: {count:,} of {total:,} parameters train" in line for line in said), said
+
+
+def backbone_cases():
+    return [
+        pytest.param(lambda: transformer(input="tokens", vocab_size=32), "tokens", {"qkv", "proj", "fc"}, id="litlab"),
+        pytest.param(lambda: Timm(name="vit_tiny_patch16_224", pretrained=False, img_size=32), "image",
+                     {"qkv", "proj", "fc1", "fc2"}, id="timm-vit_tiny"),
+        pytest.param(lambda: Torchvision(name="resnet18"), "image", {"conv1", "conv2", "0"}, id="torchvision-resnet18"),
+        pytest.param(lambda: HuggingFace(architecture="bert", config_overrides={**TINY, "vocab_size": 32}), "tokens",
+                     {"query", "key", "value", "dense"}, id="huggingface-bert"),
+    ]
+
+
+@pytest.mark.parametrize("build, kind, layers", backbone_cases())
+def test_each_backbone_family_gets_its_adapters_and_merges_to_the_adapted_outputs(build, kind, layers):
+    torch.manual_seed(0)
+    model = FineTune(backbone=build(), num_classes=3, checkpoint=None, mode="lora", lora_rank=4)
+    plain = FineTune(backbone=build(), num_classes=3, checkpoint=None)  # the same backbone without adapters
+    x = torch.randint(0, 32, (4, 9)) if kind == "tokens" else torch.randn(4, 3, 32, 32)
+    base = {k: v.clone() for k, v in lora.base_state(model.backbone).items()}
+    assert base.keys() == plain.backbone.state_dict().keys()
+    assert {name.rsplit(".", 1)[-1] for name in model.lora["modules"]} == layers
+    assert {n for n in trainable(model) if n.startswith("backbone.")} == {
+        n for n, _ in model.backbone.named_parameters(prefix="backbone") if is_adapter(n)}
+
+    # Two steps on the adapters and the head alone, as the task's optimizer holds them.
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    for _ in range(2):
+        model.train()
+        torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 0])).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(torch.equal(base[k], v) for k, v in lora.base_state(model.backbone).items())
+
+    model.eval()
+    with torch.no_grad():
+        adapted_out = model(x)
+        plain.load_state_dict({**{f"backbone.{k}": v for k, v in base.items()}, **{f"head.{k}": v for k, v in model.head.state_dict().items()}})
+        assert not torch.allclose(plain.eval()(x), adapted_out, atol=1e-4)  # the adapters changed the outputs
+        model.merge_adapters()
+        merged = model(x)
+    assert not any("lora_" in k or "base_layer" in k for k in model.state_dict())
+    assert model.state_dict().keys() == plain.state_dict().keys()  # a plain model's weights again
+    torch.testing.assert_close(merged, adapted_out, **TOLERANCE)
+
+
+def test_a_language_model_adapts_a_pretrained_decoder_and_its_head_stays_the_bases(tmp_path):
+    torch.manual_seed(0)
+    gpt = LanguageModel(backbone=Transformer(input="tokens", vocab_size=40, causal=True, d_model=32, heads=2))
+    torch.save(gpt.state_dict(), tmp_path / "gpt.pt")
+    model = LanguageModel(backbone=Transformer(input="tokens", vocab_size=40, causal=True, d_model=32, heads=2),
+                          checkpoint=str(tmp_path / "gpt.pt"), mode="lora", lora_rank=2)
+    assert torch.equal(lora.base_state(model.backbone)["embed.weight"], gpt.backbone.embed.weight)
+    assert model.head.weight is model.backbone.embed.weight and not model.head.weight.requires_grad
+    assert trainable(model) and all(is_adapter(n) for n in trainable(model))  # adapters alone: the head is tied
+    assert {"head.weight", "backbone.embed.weight"} <= set(model.checkpoint_skips)
+
+    # A Hugging Face decoder with its own head: all-linear adapts every projection and leaves lm_head alone.
+    torch.manual_seed(0)
+    llama = HuggingFace(architecture="llama", config_overrides={**TINY, "vocab_size": 40, "num_key_value_heads": 1},
+                        lm_head="causal")
+    model = LanguageModel(backbone=llama, mode="lora", lora_rank=2)
+    names = {name.rsplit(".", 1)[-1] for name in model.lora["modules"]}
+    assert names == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert all(is_adapter(n) for n in trainable(model))
+    tokens = torch.randint(0, 40, (2, 12))
+    batch = {"input": tokens, "target": tokens.roll(-1, 1)}
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    model.loss(batch)[0].backward()
+    optimizer.step()
+    with torch.no_grad():
+        adapted_out = model.eval()(tokens)
+        model.merge_adapters()
+        torch.testing.assert_close(model(tokens), adapted_out, **TOLERANCE)
+
+
+def test_bad_settings_and_a_missing_peft_are_one_line_each(monkeypatch):
+    for kwargs, message in [({"lora_targets": ["no_such_layer"]}, "names no layer"), ({"lora_rank": 0}, "lora_rank"),
+                            ({"lora_dropout": 1.0}, "lora_dropout")]:
+        with pytest.raises(ConfigError, match=message) as error:
+            adapted(0, None, **kwargs)
+        assert "\n" not in str(error.value)
+    monkeypatch.setitem(sys.modules, "peft", None)  # as if it were not installed
+    with pytest.raises(ConfigError, match=r"pip install 'litlab\[peft\]'"):
+        adapted(0, None)
+
+
+# ---- checkpoints: the adapters, the head and the reference to their base ----
+
+
+def test_a_lora_checkpoint_holds_the_adapters_and_head_and_its_bases_sha256_and_is_a_fraction_of_a_full_one(runs):
+    saved = torch.load(runs["lora"]["ckpt"], weights_only=True)
+    full = torch.load(runs["full"]["ckpt"], weights_only=True)
+    assert set(saved["state_dict"]) == {f"backbone.{n}" for n in trainable(runs["lora"]["model"].backbone)} | {"head.weight", "head.bias"}
+    assert runs["lora"]["optimized"] == trainable(runs["lora"]["model"])  # the optimizer held the same, nothing else
+    assert len(saved["optimizer_states"][0]["state"]) == len(saved["state_dict"])
+    base = saved["lora"]["base"]
+    assert base["file"] == str(Path(runs["base"]).resolve())
+    assert base["sha256"] == hashlib.sha256(Path(runs["base"]).read_bytes()).hexdigest()
+    on_disk = torch.load(runs["base"], weights_only=True)
+    assert base["shapes"] == {k: list(v.shape) for k, v in on_disk.items()}
+    assert saved["lora"]["rank"] == 4 and len(saved["lora"]["modules"]) == 8
+    lora_size, full_size = Path(runs["lora"]["ckpt"]).stat().st_size, Path(runs["full"]["ckpt"]).stat().st_size
+    print(f"checkpoint: LoRA {lora_size:,} bytes, full fine-tune {full_size:,} bytes ({lora_size / full_size:.3f})")
+    assert lora_size < 0.2 * full_size  # measured 0.10: the base and its optimizer state stay out
+    assert len(full["state_dict"]) > len(saved["state_dict"])
+
+
+def test_a_lora_checkpoint_loads_on_its_base_and_resumes(runs):
+    x = digits_batch()
+    with torch.no_grad():
+        expected = runs["lora"]["model"](x)
+    model = adapted(5, runs["base"])  # other adapters drawn: the checkpoint's replace them
+    trainer().validate(model, datamodule=DIGITS(), ckpt_path=runs["lora"]["ckpt"], verbose=False)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), expected)
+    resumed = adapted(5, runs["base"])
+    fit = trainer(max_steps=8)
+    fit.fit(resumed, datamodule=DIGITS(), ckpt_path=runs["lora"]["ckpt"])
+    assert fit.global_step == 8
+
+
+def test_a_lora_checkpoint_on_another_base_is_refused_in_one_line(runs, tmp_path):
+    other = adapted(0, save_base(tmp_path / "other.pt", seed=1))  # the same shapes, other weights
+    with pytest.raises(ConfigError, match="adapts the base file .*base.pt .*but this model's base is the file .*other.pt") as error:
+        trainer().validate(other, datamodule=DIGITS(), ckpt_path=runs["lora"]["ckpt"], verbose=False)
+    assert "\n" not in str(error.value)
+    torch.manual_seed(0)
+    wider = FineTune(backbone=transformer(mlp_ratio=2.0), num_classes=10, checkpoint=None, mode="lora", lora_rank=4)
+    with pytest.raises(ConfigError, match=r"whose blocks.0.mlp.fc.bias is \[256\], but this model's base has \[128\]") as error:
+        trainer().validate(wider, datamodule=DIGITS(), ckpt_path=runs["lora"]["ckpt"], verbose=False)
+    assert "\n" not in str(error.value)
+
+
+def test_another_fine_tune_starts_from_a_lora_checkpoint_merged_onto_its_base(runs, tmp_path):
+    x = digits_batch()
+    with torch.no_grad():
+        expected = runs["lora"]["model"].backbone(x)
+    tuned = FineTune(backbone=transformer(), num_classes=10, checkpoint=runs["lora"]["ckpt"], mode="full")
+    assert not any("lora_" in k for k in tuned.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(tuned.eval().backbone(x), expected, **TOLERANCE)
+    again = FineTune(backbone=transformer(), num_classes=10, checkpoint=runs["lora"]["ckpt"], mode="lora")
+    assert again.lora_base()["sha256"] == hashlib.sha256(Path(runs["lora"]["ckpt"]).read_bytes()).hexdigest()
+
+    saved = torch.load(runs["lora"]["ckpt"], weights_only=True)
+    saved["lora"]["base"]["sha256"] = "0" * 64  # as if the base file had changed since
+    torch.save(saved, tmp_path / "stale.ckpt")
+    with pytest.raises(ConfigError, match="adapts the base file .*but this model's base is the file") as error:
+        FineTune(backbone=transformer(), num_classes=10, checkpoint=str(tmp_path / "stale.ckpt"))
+    assert "\n" not in str(error.value)
+
+
+# ---- export writes the merged model ----
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "onnx", "exported_program"])
+def test_export_of_a_lora_checkpoint_writes_plain_merged_weights_that_give_the_adapted_outputs(runs, tmp_path, fmt):
+    x = digits_batch()
+    with torch.no_grad():
+        expected = runs["lora"]["model"](x)
+    model = adapted(5, runs["base"])
+    output = export.export_model(model, DIGITS(), runs["lora"]["ckpt"], fmt, tmp_path / f"model{export.SUFFIXES[fmt]}")
+    description = json.loads(output.with_name(output.name + ".json").read_text())
+    assert description["check"]["max_abs_difference"] <= export.TOLERANCE[fmt][0] + 1e-3
+    assert model.lora is None  # merged
+    if fmt == "safetensors":
+        state = safetensors.torch.load_file(str(output))
+        plain = FineTune(backbone=transformer(), num_classes=10, checkpoint=None)
+        plain.size_lazy_layers(DIGITS())
+        plain.load_state_dict(state, strict=True)  # a plain FineTune's weights: no adapter, no peft name
+        with torch.no_grad():
+            got = plain.eval()(x)
+    elif fmt == "exported_program":
+        program = torch.export.load(str(output))
+        assert not any("lora_" in name for name in program.state_dict)
+        got = program.module()(x)
+    else:
+        import onnx
+        import onnxruntime
+
+        assert not any("lora_" in init.name for init in onnx.load(str(output)).graph.initializer)
+        session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_export_of_a_lora_language_model_writes_a_merged_folder_plain_transformers_runs(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from datamodules import TextDataModule
+
+    data = TextDataModule(block_size=16, batch_size=8)
+    L.seed_everything(0)
+    build = lambda: HuggingFace(architecture="llama", vocab_size=data.vocab_size, lm_head="causal",  # noqa: E731
+                                config_overrides={**TINY, "num_key_value_heads": 1, "max_position_embeddings": 32})
+    model = LanguageModel(backbone=build(), mode="lora", lora_rank=4, optimizer=partial(torch.optim.AdamW, lr=0.05))
+    fit = trainer(max_steps=3, limit_train_batches=3)
+    fit.fit(model, datamodule=data)
+    fit.save_checkpoint(tmp_path / "lora.ckpt")
+    tokens = torch.randint(0, data.vocab_size, (2, 16))
+    with torch.no_grad():
+        expected = model.eval()(tokens)
+    torch.manual_seed(0)  # the same random base: its sha256 is checked
+    fresh = LanguageModel(backbone=build(), mode="lora", lora_rank=4)
+    folder = export.export_model(fresh, data, str(tmp_path / "lora.ckpt"), "huggingface", tmp_path / "model")
+    plain = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert not any("lora" in k for k in plain.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=tokens).logits, expected, **TOLERANCE)
+
+
+# ---- through the CLI: fit, test, predict, export; a wrong base; an exact resume ----
+
+
+def cnn_base(path: Path) -> str:
+    torch.manual_seed(0)
+    backbone = CNN(channels=[32, 64])
+    backbone(torch.zeros(1, 1, 8, 8))
+    torch.save(backbone.state_dict(), path)
+    return str(path)
+
+
+def test_the_recipe_fits_tests_predicts_and_exports_on_its_base_and_refuses_another(cli, litlab_main, tmp_path):
+    base = cnn_base(tmp_path / "simclr.pt")
+    args = ["--config", str(RECIPE), f"--model.checkpoint={base}"]
+    run = cli("fit", *args, "--trainer.max_epochs=2")
+    last = Path(run.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)
+    assert all(is_adapter(k) or k.startswith("head.") for k in saved["state_dict"])
+    assert "test/acc" in run.trainer.callback_metrics  # the closing test loaded the best checkpoint on its base
+
+    assert "test/acc" in cli("test", *args, "--ckpt_path", str(last)).trainer.callback_metrics
+    cli("predict", *args, "--ckpt_path", str(last))
+    assert list(Path(run.trainer.log_dir).rglob("predictions.csv"))
+    output = tmp_path / "model.safetensors"
+    cli("export", *args, "--ckpt_path", str(last), "--format", "safetensors", "--output", str(output))
+    assert not any("lora_" in k for k in safetensors.torch.load_file(str(output)))
+
+    other = tmp_path / "other.pt"
+    torch.save({k: v + 0.01 for k, v in torch.load(base, weights_only=True).items()}, other)
+    code, _, err = litlab_main("test", "--config", str(RECIPE), f"--model.checkpoint={other}", "--ckpt_path", str(last))
+    assert code == 2 and "adapts the base file" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.slow
+def test_a_lora_fit_killed_mid_epoch_resumes_bit_identical(cli, monkeypatch, tmp_path):
+    class Interrupted(Exception):
+        pass
+
+    base = cnn_base(tmp_path / "simclr.pt")
+    defaults = tmp_path / "defaults.yaml"
+    defaults.write_text(DEFAULTS.read_text().replace("every_n_train_steps: 100", "every_n_train_steps: 3"))
+    args = ["fit", "--config", str(defaults), "--config", str(RECIPE), f"--model.checkpoint={base}",
+            "--trainer.max_epochs=3", "--model.lora_dropout=0.1"]
+    reference = Path(cli(*args).trainer.log_dir)
+    train = FineTune.training_step
+
+    def killed_in_epoch_two(self, batch, batch_idx):
+        if self.current_epoch == 1 and batch_idx == 2:
+            raise Interrupted
+        return train(self, batch, batch_idx)
+
+    monkeypatch.setattr(FineTune, "training_step", killed_in_epoch_two)
+    with pytest.raises(Interrupted):
+        cli(*args)
+    monkeypatch.setattr(FineTune, "training_step", train)
+    interrupted = max(reference.parent.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    torch.manual_seed(1234)  # a new process starts from other random states
+    resumed = Path(cli(*args, "--ckpt_path=last").trainer.log_dir)
+    assert resumed == interrupted
+    expected = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    got = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    assert (resumed / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_train_the_adapters_as_one_process_does(cli, litlab, tmp_path):
+    # As tests/experiments/test_ddp.py compares them: the same global batch split over two processes,
+    # an even number of training samples, no batch norm (CPUs cannot synchronise it), float64.
+    torch.manual_seed(0)
+    backbone = CNN(channels=[32, 64], batch_norm=False)
+    backbone(torch.zeros(1, 1, 8, 8))
+    torch.save(backbone.state_dict(), tmp_path / "base.pt")
+    args = ["fit", "--config", str(RECIPE), f"--model.checkpoint={tmp_path / 'base.pt'}", "--trainer.max_epochs=1",
+            "--model.backbone.batch_norm=false", "--data.label_fraction=1.0", "--data.batch_size=64",
+            "--data.batch_scope=global", "--data.val_fraction=0.126", "--trainer.precision=64-true"]
+    single = cli(*args)
+    assert len(single.datamodule.train_dataset) % 2 == 0
+    one = Path(single.trainer.log_dir)
+    two = litlab(*args, "--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2",
+                 "--trainer.enable_progress_bar=false", timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    (run,) = [p for p in one.parent.glob("version_*") if p != one]
+    expected = torch.load(one / "checkpoints" / "last.ckpt", weights_only=True)
+    got = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert got["lora"]["base"] == expected["lora"]["base"]
+    assert all(is_adapter(k) or k.startswith("head.") for k in got["state_dict"])
+    torch.testing.assert_close(got["state_dict"], expected["state_dict"], rtol=1e-9, atol=1e-12)
