@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/digits.py
 	$(BIN)/python benchmarks/augmentation.py
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/sweep.py
 
 clean:
 	rm -rf runs wandb lightning_logs .pytest_cache

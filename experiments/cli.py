@@ -43,7 +43,8 @@ DEFAULTS = Path(__file__).with_name("defaults.yaml")
 SUBCOMMANDS = {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
 DESCRIPTION = ("litlab: train, evaluate, predict with and export the models of YAML experiments "
                "(litlab fit --config experiments/digits/cnn.yaml). A run's plots and summary, or a comparison of runs: litlab report RUN [RUN ...]. "
-               "A BPE tokenizer trained on an experiment's corpus: litlab tokenizer --config X.yaml --vocab_size N --output DIR.")
+               "A BPE tokenizer trained on an experiment's corpus: litlab tokenizer --config X.yaml --vocab_size N --output DIR; "
+               "a hyperparameter search with Optuna: litlab sweep --config X.yaml --sweep experiments/sweeps/S.yaml [--workers N].")
 
 
 def wandb_logged_in() -> bool:
@@ -331,6 +332,12 @@ def main(args: list[str] | None = None) -> None:
             from experiments import tokenizer
 
             tokenizer.main(arguments[1:])
+            return
+        if arguments[:1] == ["sweep"]:
+            # Trials of an experiment, each an ordinary fit that this process forks: see experiments/sweep.py.
+            from experiments import sweep
+
+            sweep.main(arguments[1:])
             return
         if any(arg in ("-h", "--help") or arg.endswith(".help") for arg in arguments):
             # A help lists the tasks among --model's known subclasses, the DataModules among --data's

@@ -25,6 +25,12 @@ LONGEST = (
     "test_a_short_pretraining_beats_zlib_on_held_out_text_and_pays_off_in_few_label_fine_tuning",
     "test_with_all_labels_a_patient_consistent_teacher_beats_the_student_alone",
     "test_simclr_killed_at_random_moments_resumes_bit_identical",
+    "test_a_small_llama_with_a_bpe_tokenizer_trained_here_beats_zlib_on_held_out_text",
+    "test_the_gpu_script_runs_every_step_on_a_cpu_and_sets_each_recipe_against_its_bare_loop",
+    "test_two_ddp_processes_train_the_adapters_as_one_process_does",
+    "test_a_streamed_fit_stopped_mid_stream_resumes_bit_identical_and_other_worker_counts_are_refused",
+    "test_a_sweep_over_learning_rate_and_width_finds_a_recipe_as_good_as_the_shipped_one_and_prunes",
+    "test_a_sweep_stopped_and_killed_mid_trial_resumes_each_trial_to_its_uninterrupted_result",
 )
 
 

@@ -26,7 +26,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_FENCES = {"", "bash", "sh", "shell"}
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict", "export")
 # Commands that are not training runs, each with an argparse parser of its own: `parser()` of the module.
-OWN_PARSERS = {"report": "experiments.report", "tokenizer": "experiments.tokenizer"}
+OWN_PARSERS = {"report": "experiments.report", "tokenizer": "experiments.tokenizer", "sweep": "experiments.sweep"}
 OPERATORS = {">", ">>", "|", "||", "&&", ";", "&", "<", "2>", "2>&1"}
 LAUNCHERS = {"srun", "torchrun", "mpirun"}
 ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
@@ -268,7 +268,7 @@ def check(args: tuple[str, ...]) -> list[str]:
     if args[0] == "report":
         positional = [a for a in args[1:] if not a.startswith("--")]
         return [] if config.get("runs") == positional else [f"runs is {config.get('runs')!r}"]
-    if args[0] == "tokenizer":
+    if args[0] in ("tokenizer", "sweep"):
         return [f"--{key}={value} parsed as {config.get(key)!r}" for key, value, _ in _flags(args)
                 if not _same(config.get(key), value) and not (key == "config" and value in config["config"])]
     problems = [f"the printed config lacks {key}" for key in ("model", "data", "trainer") if not config.get(key)]

@@ -10,7 +10,8 @@ from callbacks import AtomicCheckpointIO
 from experiments.cli import DEFAULTS, LitlabCLI
 
 ROOT = DEFAULTS.parent
-EXPERIMENTS = sorted(p for p in ROOT.rglob("*.yaml") if p != DEFAULTS)
+# Sweep files are not experiments: tests/experiments/test_sweep.py checks them.
+EXPERIMENTS = sorted(p for p in ROOT.rglob("*.yaml") if p != DEFAULTS and p.parent.name != "sweeps")
 
 
 @pytest.fixture(autouse=True)
