@@ -87,7 +87,10 @@ def test_a_pretrained_models_tokenizer_adds_its_special_tokens_to_each_text(tmp_
     assert load_tokenizer(BYTES).tokenize(["ab"], 3)[0].tolist() == [[97, 98, 257]]
 
 
-def test_a_tokenizer_that_cannot_be_loaded_is_one_line(tmp_path):
+def test_a_tokenizer_that_cannot_be_loaded_is_one_line(tmp_path, monkeypatch):
+    # HF_HUB_OFFLINE=1, as huggingface_hub reads it once at import: no request leaves the machine
+    # (online, the library retries an unreachable Hub for most of a minute).
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="holds no tokenizer files"):
         load_tokenizer(str(tmp_path / "empty"))
