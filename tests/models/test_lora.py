@@ -293,7 +293,8 @@ def test_another_fine_tune_starts_from_a_lora_checkpoint_merged_onto_its_base(ru
 # ---- export writes the merged model ----
 
 
-@pytest.mark.parametrize("fmt", ["safetensors", "onnx", "exported_program"])
+# ONNX's exporter takes seconds: in make test, not make test-fast.
+@pytest.mark.parametrize("fmt", ["safetensors", pytest.param("onnx", marks=pytest.mark.slow), "exported_program"])
 def test_export_of_a_lora_checkpoint_writes_plain_merged_weights_that_give_the_adapted_outputs(runs, tmp_path, fmt):
     x = digits_batch()
     with torch.no_grad():
@@ -359,6 +360,7 @@ def cnn_base(path: Path) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_the_recipe_fits_tests_predicts_and_exports_on_its_base_and_refuses_another(cli, litlab_main, tmp_path):
     base = cnn_base(tmp_path / "simclr.pt")
     args = ["--config", str(RECIPE), f"--model.checkpoint={base}"]
