@@ -48,6 +48,7 @@ def test_each_epoch_reports_the_mlps_flops_its_speed_and_memory_apart_from_its_m
     assert f"Last epoch (2): {float(speed[-1]['samples_per_s']):,.0f} samples/s" in (report / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_language_model_reports_its_tokens_per_second(cli):
     run = cli("fit", "--config", str(EXPERIMENTS / "text" / "gpt_small.yaml"), "--model.backbone.d_model=16",
               "--model.backbone.depth=1", "--model.backbone.heads=2", "--model.backbone.max_len=16",

@@ -47,6 +47,7 @@ def fit_tokens(cli, path, *args: str):
                "--model.backbone.max_len=32", "--model.backbone.d_model=32", "--model.backbone.depth=1", *args)
 
 
+@pytest.mark.slow
 def test_a_hub_dataset_saved_to_disk_trains_a_text_classifier_with_its_own_splits_and_class_names(cli, tmp_path):
     saved = tmp_path / "saved"
     hf().DatasetDict(train=text_split(160, seed=0), test=text_split(40, seed=1)).save_to_disk(str(saved))
@@ -62,6 +63,7 @@ def test_a_hub_dataset_saved_to_disk_trains_a_text_classifier_with_its_own_split
     assert float(run.trainer.callback_metrics["test/acc"]) >= 0.9  # chance is 0.5
 
 
+@pytest.mark.slow
 def test_a_parquet_file_of_texts_and_string_labels_trains_with_the_seeded_stratified_split(cli, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -108,6 +108,7 @@ def test_a_list_of_captions_gives_each_training_image_one_of_them_seeded_by_epoc
     assert captions(dm.val_dataset, 0) == captions(dm.val_dataset, 3)  # evaluation keeps one
 
 
+@pytest.mark.slow
 def test_clip_fits_on_hub_captions_through_the_cli(cli, tmp_path):
     saved = tmp_path / "pairs"
     hf().DatasetDict(train=captioned(16, start=0), test=captioned(4, start=50)).save_to_disk(str(saved))

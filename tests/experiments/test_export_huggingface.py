@@ -46,6 +46,7 @@ def assert_checked(description: dict) -> None:
     assert description["check"]["max_abs_difference"] <= atol
 
 
+@pytest.mark.slow
 def test_a_causal_llama_exports_through_the_cli_with_its_tokenizer_and_auto_model_for_causal_lm_runs_it(
     cli, tmp_path
 ):
@@ -111,6 +112,7 @@ def test_a_language_model_round_trips_with_its_own_head_on_padded_bytes(tmp_path
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_bert_text_classifier_exports_as_its_encoder_and_head_with_its_class_names(tmp_path):
     from datamodules.text_classification import TextClassificationDataModule
 

@@ -293,8 +293,9 @@ def test_another_fine_tune_starts_from_a_lora_checkpoint_merged_onto_its_base(ru
 # ---- export writes the merged model ----
 
 
-# ONNX's exporter takes seconds: in make test, not make test-fast.
-@pytest.mark.parametrize("fmt", ["safetensors", pytest.param("onnx", marks=pytest.mark.slow), "exported_program"])
+# ONNX's and torch.export's exporters take seconds: in make test, not make test-fast.
+@pytest.mark.parametrize("fmt", ["safetensors", pytest.param("onnx", marks=pytest.mark.slow),
+                                 pytest.param("exported_program", marks=pytest.mark.slow)])
 def test_export_of_a_lora_checkpoint_writes_plain_merged_weights_that_give_the_adapted_outputs(runs, tmp_path, fmt):
     x = digits_batch()
     with torch.no_grad():
