@@ -42,6 +42,7 @@ def test_one_process_forks_its_workers_and_one_of_several_starts_them_from_a_for
     assert worker_context(2).get_start_method() == "forkserver"
 
 
+@pytest.mark.slow  # starts a fork server and its worker processes
 def test_workers_from_the_fork_server_give_the_forked_workers_batches_and_outlive_a_stop_signal(monkeypatch):
     # Augmented in the worker: the batches depend on each worker's seed, drawn from the loader's generator.
     data = DigitsDataModule(augment=Augmentation(rotation=8, crop_padding=1), num_workers=1, batch_size=128)
@@ -88,6 +89,7 @@ def test_a_worker_ends_when_its_trainer_is_killed_though_its_parent_is_the_fork_
         list(batches)
 
 
+@pytest.mark.slow  # starts a fork server and its worker processes
 def test_the_fork_server_and_its_workers_import_the_datasets_without_lightning():
     # Every process of a multi-process run starts a server, and the server a worker each epoch:
     # what they import delays the first batch of every epoch. A worker re-runs the main script of
