@@ -97,13 +97,15 @@ def samples_in(batch) -> int:
     return 0
 
 
-def tokens_in(batch) -> int:
-    """Token ids in a batch's input, padding left out; 0 where the input is not token ids."""
+def tokens_in(batch) -> int | torch.Tensor:
+    """Token ids in a batch's input, padding left out; 0 where the input is not token ids. A count
+    of real tokens stays a tensor on the batch's device: reading it every step would make the
+    device wait for the step to end."""
     x = batch.get("input") if isinstance(batch, dict) else None
     if not isinstance(x, torch.Tensor) or x.is_floating_point():
         return 0
     padding = batch.get("padding_mask")
-    return int((~padding).sum()) if isinstance(padding, torch.Tensor) else x.numel()
+    return (~padding).sum() if isinstance(padding, torch.Tensor) else x.numel()
 
 
 class Speed(L.Callback):
@@ -169,13 +171,14 @@ class Speed(L.Callback):
         if not self._steps:
             return
         seconds = max(self._train_time, 1e-9)
+        tokens = int(self._tokens)  # read once an epoch
         world = trainer.world_size
         row = {
             "epoch": trainer.current_epoch,
             "step": trainer.global_step,
             "train_seconds": seconds,
             "samples_per_s": self._samples * world / seconds,
-            "tokens_per_s": self._tokens * world / seconds if self._tokens else None,
+            "tokens_per_s": tokens * world / seconds if tokens else None,
             "flops_per_batch": self.flops,
             # Per device: this process's FLOPs per second over one device's peak.
             "mfu": self.flops * self._steps / seconds / self.peak_flops if self.flops and self.peak_flops else None,

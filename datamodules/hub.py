@@ -37,13 +37,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from datamodules.base import BatchScope, Splits, Unlabelled, split_index
 from datamodules.files import files_under
 from datamodules.folder import IMAGENET_MEAN, IMAGENET_STD
 from datamodules.images import ImageDataModule
+from datamodules.inputs import square
 from datamodules.samples import TensorSamples, subset
 from datamodules.text_classification import read_texts
 from datamodules.transforms import Augmentation
@@ -194,7 +194,7 @@ class HubImages(Dataset):
     def __init__(self, data, column: str, targets: torch.Tensor, size: int, channels: int) -> None:
         self.data, self.column, self.targets = data.select_columns([column]), column, targets
         self.mode = "L" if channels == 1 else "RGB"
-        self.resize = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+        self.resize = square(size)
 
     def __len__(self) -> int:
         return len(self.data)

@@ -24,12 +24,17 @@ from models.errors import ConfigError
 LIST_SUFFIX = ".txt"
 
 
+def square(size: int) -> v2.Compose:
+    """An image's short side resized to `size`, then centre-cropped square: how every image litlab reads is sized."""
+    return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+
+
 class LoadImage:
     """Path -> uint8 (C, H, W) at `size`: the short side resized, then centre-cropped square."""
 
     def __init__(self, size: int, channels: int) -> None:
         self.mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
-        self.resize = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+        self.resize = square(size)
 
     def __call__(self, path: str) -> torch.Tensor:
         return self.resize(decode_image(path, mode=self.mode))
