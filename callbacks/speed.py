@@ -52,7 +52,10 @@ def cpu_peak_flops(dtype: torch.dtype, cache: Path | None = None) -> float:
     """FLOP/s of this CPU's best 1024 x 1024 matrix product in `dtype` on torch's threads; measured once, cached."""
     cache = cache or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "litlab" / "cpu_peak.json"
     key = f"{platform.machine()} {cpu_name()} threads={torch.get_num_threads()} {dtype} torch={torch.__version__}"
-    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: measure again and write it anew
+        known = {}
     if key not in known:
         n = 1024
         g = torch.Generator().manual_seed(0)  # never the global generator: the run's own draws stay as they were
@@ -64,8 +67,17 @@ def cpu_peak_flops(dtype: torch.dtype, cache: Path | None = None) -> float:
             a @ b
             best = min(best, time.perf_counter() - start)
         known[key] = 2 * n**3 / best
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(known, indent=1))
+        # Several processes (DDP ranks, sweep workers) may measure at once: each writes its own
+        # file and renames it into place, so no reader ever sees half of one.
+        # A cache that cannot be written (a read-only home) only costs measuring again next time.
+        partial = cache.with_name(f"{cache.name}.{os.getpid()}")
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps(known, indent=1))
+            os.replace(partial, cache)
+        except OSError:
+            if partial.is_file():
+                partial.unlink()
     return known[key]
 
 

@@ -73,3 +73,15 @@ def test_the_cpu_peak_is_measured_once_and_cached(tmp_path):
     (key,) = json.loads(cache.read_text())
     cache.write_text(json.dumps({key: 123.0}))
     assert cpu_peak_flops(torch.float32, cache) == 123.0  # read back, not measured again
+
+
+def test_a_half_written_or_unwritable_cpu_peak_cache_is_measured_again_not_fatal(tmp_path):
+    # Two ranks measuring at once once left a reader with half a file: it must never stop a run.
+    cache = tmp_path / "cpu_peak.json"
+    cache.write_text('{"x86_64 some cpu thr')
+    assert cpu_peak_flops(torch.float32, cache) > 1e8
+    assert len(json.loads(cache.read_text())) == 1  # rewritten whole
+    assert [p.name for p in tmp_path.iterdir()] == ["cpu_peak.json"]  # no partial file left behind
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert cpu_peak_flops(torch.float32, blocked / "litlab" / "cpu_peak.json") > 1e8  # its folder cannot be made

@@ -101,17 +101,29 @@ def test_two_nodes_launched_by_torchrun_on_one_machine_make_one_run(tmp_path):
         port = s.getsockname()[1]
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    nodes = [
-        subprocess.Popen(
-            [str(bin_dir / "torchrun"), "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
-             "--master_addr=127.0.0.1", f"--master_port={port}", str(bin_dir / "litlab"), "fit",
-             "--config", str(DEFAULTS.parent / "digits" / "mlp.yaml"), "--trainer.num_nodes=2", "--trainer.devices=1",
-             "--trainer.max_epochs=1", *TWO_PROCESSES[:2]],
-            cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for rank in (0, 1)
-    ]
-    outputs = [node.communicate(timeout=300) for node in nodes]
+    # Each node writes to its own files, never to a pipe: a pipe nobody reads while the test waits
+    # on the other node fills up and stops its writer, and two nodes wait on each other forever.
+    logs = [(tmp_path / f"node{rank}.out", tmp_path / f"node{rank}.err") for rank in (0, 1)]
+    nodes = []
+    for rank, (out, err) in enumerate(logs):
+        with out.open("w") as stdout, err.open("w") as stderr:
+            nodes.append(subprocess.Popen(
+                [str(bin_dir / "torchrun"), "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
+                 "--master_addr=127.0.0.1", f"--master_port={port}", str(bin_dir / "litlab"), "fit",
+                 "--config", str(DEFAULTS.parent / "digits" / "mlp.yaml"), "--trainer.num_nodes=2", "--trainer.devices=1",
+                 "--trainer.max_epochs=1", *TWO_PROCESSES[:2], "--trainer.enable_progress_bar=false"],
+                cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+            ))
+    try:
+        for node in nodes:
+            node.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the two nodes did not end within 300 s; their last words:\n"
+                    + "\n".join(f"node {rank}: {err.read_text()[-3000:]}" for rank, (_, err) in enumerate(logs)))
+    finally:
+        for node in nodes:
+            node.kill()
+    outputs = [(out.read_text(), err.read_text()) for out, err in logs]
     assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in outputs]
     assert "Global batch size 128 = 64 per device x 2 process(es)" in "".join(out + err for out, err in outputs)
     assert sum(out.count("test/acc = ") for out, _ in outputs) == 1  # global rank zero alone reports
