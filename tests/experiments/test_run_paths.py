@@ -34,10 +34,15 @@ def test_two_fits_started_together_get_their_own_run_directories(tmp_path):
     command = [str(Path(sys.executable).with_name("litlab")), "fit", "--config", MLP, "--trainer.max_epochs=1",
                "--trainer.enable_progress_bar=false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    runs = [subprocess.Popen(command, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [(run.wait(timeout=300), run.stdout.read(), run.stderr.read()) for run in runs]
-    assert [code for code, _, _ in results] == [0, 0], [err[-2000:] for _, _, err in results]
+    # Files, not pipes: a pipe left unread while the test waits on the other fit could fill and stop its writer.
+    logs = [tmp_path / f"fit{i}.log" for i in range(2)]
+    runs = []
+    for log in logs:
+        with log.open("w") as out:
+            runs.append(subprocess.Popen(command, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT))
+    codes = [run.wait(timeout=300) for run in runs]
+    assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
     folders = sorted(p.name for p in (tmp_path / "runs" / "digits-mlp").iterdir())
     assert folders == ["version_0", "version_1"]
     for folder in folders:
