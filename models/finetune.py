@@ -8,7 +8,7 @@ from torch import nn
 
 from models.classifier import Classifier, Loss
 from models.errors import ConfigError
-from models.lora import LoRA
+from models.lora import LoRA, check_trainable
 from models.optim import OptimizerCallable, Schedule
 
 Mode = Literal["linear", "full", "gradual", "lora"]
@@ -75,6 +75,7 @@ class FineTune(LoRA, Classifier):
             )
         if unfreeze_at_epoch < 0:
             raise ConfigError(f"unfreeze_at_epoch must be 0 or more; got {unfreeze_at_epoch}.")
+        check_trainable(backbone, mode)
         self.save_hyperparameters(ignore=["backbone", "optimizer"])
         self.mode = mode
         self.backbone_lr_scale = backbone_lr_scale

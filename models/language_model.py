@@ -13,7 +13,7 @@ from models.contract import IGNORE_INDEX, Batch, Objective, field
 from models.run_state import derived_seed, run_seed
 from models.tokenizer import BYTES, load_tokenizer
 from models.errors import ConfigError, check_positive
-from models.lora import LoRA
+from models.lora import LoRA, check_trainable
 from models.optim import OptimizerCallable, Schedule
 from models.task import Task
 
@@ -98,6 +98,7 @@ class LanguageModel(LoRA, Task):
         self.sample_prompts, self.max_new_tokens = sample_prompts or [], max_new_tokens
         self.temperature, self.top_k = temperature, top_k
         self.tokenizer = load_tokenizer(tokenizer)
+        check_trainable(backbone, mode)
         base = self.load_pretrained(checkpoint) if checkpoint is not None else None
         if mode == "lora":
             # The head is the base's too: the embedding's transpose, or the model's own.

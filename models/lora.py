@@ -291,6 +291,13 @@ def load_adapted(backbone: nn.Module, path: Path, content: dict, prefix: str = "
 # ---- what a task in mode lora adds ----
 
 
+def check_trainable(backbone: nn.Module, mode: str) -> None:
+    """A quantized base (HuggingFace's `quantize`) trains only through adapters: one line otherwise."""
+    if getattr(backbone, "quantize", None) and mode in ("full", "gradual"):
+        raise ConfigError(f"a {backbone.quantize} base cannot be trained in mode {mode}: quantized weights take no "
+                          "updates; use mode: lora (QLoRA) or linear, or leave quantize unset.")
+
+
 class LoRA:
     """Mixed into a task with a `backbone` (FineTune, LanguageModel): `add_lora` adapts it; the hooks
     below keep its base fixed and out of checkpoints. A task that never calls `add_lora` is unchanged."""
@@ -315,6 +322,12 @@ class LoRA:
     ) -> None:
         """Adapt the backbone; `base_file` is where its weights were read from (None: as built);
         `frozen_parts` are other parts that belong to the base (a language model's tied head)."""
+        if getattr(self.backbone, "quantize", None):
+            # QLoRA: peft's preparation of a quantized model (norms in float32, inputs that carry gradients
+            # into checkpointed blocks) before its adapters are added.
+            model = self.backbone.model
+            _peft().prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=bool(getattr(model, "is_gradient_checkpointing", False)))
         modules = add_adapters(self.backbone, rank, alpha, dropout, targets)
         for part in frozen_parts:
             for p in self.get_submodule(part).parameters():

@@ -16,6 +16,7 @@ weights_only=True)`, which unpickles tensors and plain values alone.
 
 import contextlib
 import importlib
+import importlib.util
 import inspect
 import logging
 import pickle
@@ -84,12 +85,15 @@ class HuggingFace(nn.Module):
     gradient_checkpointing: recompute each block's activations in the backward pass instead of
         keeping them: less memory, about a third more compute.
     revision: the Hub revision (branch, tag or commit) to load.
+    quantize: `4bit` loads the pretrained weights quantized to 4-bit NF4 through bitsandbytes, on a
+        CUDA GPU, for QLoRA: only `mode: lora` trains such a base (its adapters in bf16 beside it).
     """
 
     def __init__(
         self, name: str | None = None, architecture: str | None = None, pretrained: bool = True,
         config_overrides: dict[str, Any] | None = None, vocab_size: int | None = None, pool: Pool = "mean",
         lm_head: LMHead | None = None, gradient_checkpointing: bool = False, revision: str | None = None,
+        quantize: Literal["4bit"] | None = None,
     ) -> None:
         super().__init__()
         if (name is None) == (architecture is None):
@@ -112,11 +116,12 @@ class HuggingFace(nn.Module):
         auto = {None: transformers.AutoModel, "causal": transformers.AutoModelForCausalLM,
                 "masked": transformers.AutoModelForMaskedLM}[lm_head]
         load = name is not None and pretrained
+        extra = self._quantization(transformers, quantize, load) if quantize else {}
         try:
             # A .bin weights file is unpickled as tensors and plain values only (weights_only).
             with quiet(transformers):  # its progress bars of loading and a tied head's notices
                 model = (auto.from_pretrained(name, config=config, revision=revision, dtype=torch.float32,
-                                              trust_remote_code=False, weights_only=True) if load
+                                              trust_remote_code=False, weights_only=True, **extra) if load
                          else auto.from_config(config, trust_remote_code=False))
         except ValueError:
             # Raised by the auto class for a config it has no model of for this head.
@@ -130,6 +135,7 @@ class HuggingFace(nn.Module):
                 "was not loaded; use the model's safetensors weights, or convert the file where you trust it."
             ) from None
         self.lm_head = lm_head
+        self.quantize = quantize
         self.model = model
         if getattr(self.encoder, "pooler", None) is not None:
             self.encoder.pooler = None  # the model's own pooler is not litlab's pooling, and would get no gradient
@@ -146,6 +152,25 @@ class HuggingFace(nn.Module):
         self.max_len = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         # The classes of the model's repeated blocks, which FSDP wraps one by one.
         self.block_classes = set(getattr(model, "_no_split_modules", None) or [])
+
+    @staticmethod
+    def _quantization(transformers, quantize: str, load: bool) -> dict:
+        """from_pretrained's arguments for a 4-bit base (QLoRA: NF4 weights with double quantization,
+        computing in bf16), loaded straight onto this process's GPU; one line where it cannot be."""
+        if quantize != "4bit":
+            raise ConfigError(f"quantize must be 4bit or null; got {quantize!r}.")
+        if not load:
+            raise ConfigError("quantize: 4bit quantizes pretrained weights as they load; give name with pretrained: "
+                              "true, or leave quantize unset for random weights.")
+        if not torch.cuda.is_available():
+            raise ConfigError("quantize: 4bit loads the weights through bitsandbytes, which needs a CUDA GPU and none "
+                              "is visible; run on a GPU, or leave quantize unset to train the full-precision base.")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ConfigError("quantize: 4bit needs the bitsandbytes package; install it with pip install "
+                              "'litlab[qlora]'.")
+        config = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                 bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+        return {"quantization_config": config, "device_map": {"": torch.cuda.current_device()}}
 
     @property
     def encoder(self) -> nn.Module:

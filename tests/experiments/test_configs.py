@@ -86,6 +86,8 @@ def hub_offline(config: dict) -> list[str]:
     overrides = {**TINY_HUB, **TINY_BY_TYPE.get(kind, {})}
     # As JSON: jsonargparse 4.53 reads a `null` flag two levels deep as the string "None".
     init = {"name": None, "architecture": kind, "config_overrides": overrides}
+    if config["model"]["init_args"]["backbone"]["init_args"].get("quantize"):
+        init["quantize"] = None  # 4-bit loading needs CUDA and pretrained weights (the GPU test in test_lora.py)
     args = [f"--model.init_args.backbone={json.dumps({'init_args': init})}"]
     if kind == "vit":
         args.append("--data.init_args.image_size=32")

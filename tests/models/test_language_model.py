@@ -126,16 +126,28 @@ def test_a_short_pretraining_beats_zlib_on_held_out_text_and_pays_off_in_few_lab
     checkpoint = gpt.trainer.checkpoint_callback.best_model_path
     narrow = [*size, "--data.max_len=64", "--data.label_fraction=0.05", "--trainer.max_epochs=5",
               "--trainer.check_val_every_n_epoch=5", "--model.optimizer.init_args.lr=0.006"]
-    scratch, pretrained = [], []
+    # LoRA (gpt_lora.yaml) on the same pretrained GPT: rank-2 adapters on every attention and MLP
+    # projection and the head, 4,356 of 125,124 parameters (3.5%), at a higher rate than full fine-tuning's.
+    lora = [*narrow, "--model.lora_rank=2", "--model.lora_alpha=4", "--model.optimizer.init_args.lr=0.02",
+            f"--model.checkpoint={checkpoint}"]
+    scratch, pretrained, adapted = [], [], []
     for seed in (0, 1):
         finetune = ["fit", "--config", str(TEXT / "gpt_finetune.yaml"), *narrow, f"--seed_everything={seed}"]
         pretrained.append(float(cli(*finetune, f"--model.checkpoint={checkpoint}").trainer.callback_metrics["test/acc"]))
         scratch.append(float(cli(*finetune, "--model.checkpoint=null").trainer.callback_metrics["test/acc"]))
-    print(f"test/bpb {bpb:.3f} (zlib {zlib_bpb:.3f}); scratch {scratch} pretrained {pretrained}")
+        run = cli("fit", "--config", str(TEXT / "gpt_lora.yaml"), *lora, f"--seed_everything={seed}")
+        adapted.append(float(run.trainer.callback_metrics["test/acc"]))
+        trained = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+        assert trained <= 0.05 * sum(p.numel() for p in run.model.parameters())
+    print(f"test/bpb {bpb:.3f} (zlib {zlib_bpb:.3f}); scratch {scratch} pretrained {pretrained} lora {adapted}")
     # Measured: scratch 34.2 / 34.0 / 35.4%, pretrained 41.9 / 43.7 / 40.3% (seeds 0, 1, 2), a 7.4-point mean gain;
     # the test holds seeds 0 and 1 (8.7 points) at two thirds the cost.
     assert all(p > s for p, s in zip(pretrained, scratch))
     assert statistics.mean(pretrained) - statistics.mean(scratch) >= 0.04
+    # Measured: LoRA 43.8 / 42.7 / 44.3% (mean 43.6), full fine-tuning 41.9 / 43.7 / 40.3% (mean 41.9).
+    # Within 2 points of full fine-tuning, as the claim asks, and far above scratch on every seed.
+    assert statistics.mean(adapted) >= statistics.mean(pretrained) - 0.02
+    assert all(a > s + 0.04 for a, s in zip(adapted, scratch))
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ checked reference to their base; merged weights give the adapted model's outputs
 
 import hashlib
 import json
+import math
 import sys
 from functools import partial
 from pathlib import Path
@@ -222,6 +223,57 @@ def test_bad_settings_and_a_missing_peft_are_one_line_each(monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)  # as if it were not installed
     with pytest.raises(ConfigError, match=r"pip install 'litlab\[peft\]'"):
         adapted(0, None)
+
+
+def test_a_4bit_base_is_refused_in_one_line_where_it_cannot_load_or_cannot_train(tmp_path, monkeypatch):
+    qwen = {"num_key_value_heads": 1, "vocab_size": 40}
+    folder = tmp_path / "qwen"
+    HuggingFace(architecture="qwen2", config_overrides={**TINY, **qwen}, lm_head="causal").model.save_pretrained(folder)
+    cases = [({"architecture": "qwen2", "config_overrides": {**TINY, **qwen}}, "quantizes pretrained weights"),
+             ({"name": str(folder)}, "needs a CUDA GPU" if not torch.cuda.is_available() else "bitsandbytes"),
+             ({"name": str(folder), "quantize": "8bit"}, "must be 4bit")]
+    for kwargs, message in cases:
+        with pytest.raises(ConfigError, match=message) as error:
+            HuggingFace(**{"quantize": "4bit", "lm_head": "causal", **kwargs})
+        assert "\n" not in str(error.value)
+    # A quantized base takes no updates: full and gradual fine-tuning are refused before anything trains.
+    base = HuggingFace(name=str(folder), lm_head="causal")
+    monkeypatch.setattr(base, "quantize", "4bit")
+    for mode in ("full", "gradual"):
+        with pytest.raises(ConfigError, match="use mode: lora"):
+            lora.check_trainable(base, mode)
+    lora.check_trainable(base, "lora")
+    lora.check_trainable(base, "linear")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or __import__("importlib").util.find_spec("bitsandbytes") is None,
+                    reason="needs CUDA and bitsandbytes")
+def test_qlora_trains_bf16_adapters_beside_a_4bit_decoder_that_stays_as_loaded(tmp_path):
+    torch.manual_seed(0)
+    sizes = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+             "num_key_value_heads": 2, "vocab_size": 64}
+    HuggingFace(architecture="qwen2", config_overrides=sizes, lm_head="causal").model.save_pretrained(tmp_path / "qwen")
+    backbone = HuggingFace(name=str(tmp_path / "qwen"), lm_head="causal", quantize="4bit", gradient_checkpointing=True)
+    model = LanguageModel(backbone=backbone, mode="lora", lora_rank=4, optimizer=partial(torch.optim.AdamW, lr=1e-2))
+    packed = {k: v.clone() for k, v in lora.base_state(model.backbone).items()}
+    assert any(v.dtype == torch.uint8 for v in packed.values())  # the base is 4-bit, packed two weights a byte
+    tokens = torch.randint(0, 64, (32, 33), generator=torch.Generator().manual_seed(0))
+    data = [{"input": t[:-1], "target": t[1:]} for t in tokens]
+    losses, ended = [], {}
+
+    class Watch(L.Callback):  # read on the GPU, before the fit's teardown moves the model anywhere
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+        def on_train_end(self, trainer, pl_module):
+            ended.update({k: v.cpu() for k, v in lora.base_state(pl_module.backbone).items()})
+
+    fit = trainer(max_steps=24, accelerator="gpu", devices=1, precision="bf16-mixed", limit_val_batches=0,
+                  callbacks=[Watch()])
+    fit.fit(model, torch.utils.data.DataLoader(data, batch_size=8))
+    assert all(math.isfinite(x) for x in losses) and sum(losses[-4:]) < sum(losses[:4])  # the adapters learn
+    assert ended.keys() == packed.keys() and all(torch.equal(ended[k], packed[k].cpu()) for k in packed)
 
 
 # ---- checkpoints: the adapters, the head and the reference to their base ----
