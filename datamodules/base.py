@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from models.contract import IGNORE_INDEX, Batch
-from datamodules.samples import TensorSamples, hide_targets, subset, whole_batch
+from datamodules.samples import TensorSamples, hide_targets, join, subset, targets_of, whole_batch
 from datamodules.sampling import EachOnce, EpochOrder, ResumableLoader
 from datamodules.workers import start_server, start_worker, worker_context
 from models.run_state import batches_done, run_seed
@@ -69,6 +69,25 @@ def split_index(
     return torch.as_tensor(sorted(kept)), torch.as_tensor(sorted(rest))
 
 
+def fold_index(n: int, folds: int, fold: int, seed: int, labels: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training, validation) positions of fold `fold` of a seeded `folds`-fold split of 0..n-1,
+    stratified by `labels` where given: each position validates in exactly one fold."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if labels is not None:
+        least = int(labels.unique(return_counts=True)[1].min())
+        if least < folds:
+            raise ConfigError(f"data.folds={folds} needs at least {folds} samples of every class to stratify the folds, "
+                              f"and some class has {least}; lower data.folds, or give more data.")
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    else:
+        splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
+    y = labels.numpy() if labels is not None else None
+    train, val = list(splitter.split(torch.zeros(n, 1).numpy(), y))[fold]
+    return torch.as_tensor(train), torch.as_tensor(val)
+
+
 @dataclass
 class Splits:
     """What `load()` returns: raw datasets of samples, and the training labels where there are
@@ -86,6 +105,9 @@ class DataModule(L.LightningDataModule):
     test_fraction: the share of all samples held out for testing, for data without a test split
         of its own (None: the data has one); val_fraction is then a share of all samples too.
     label_fraction: the share of training samples whose label is used (seeded, stratified).
+    folds, fold: K-fold cross-validation: the training and validation samples together are cut
+        into `folds` seeded folds (stratified where there are labels); fold `fold` (0 to folds - 1)
+        validates and the others train. The test split is untouched; val_fraction is not used.
     unlabelled: what happens to the others: `drop` leaves them out of training; `keep` trains on
         them with their target set to IGNORE_INDEX (for tasks that learn without labels, such as
         distillation); they are always in `unlabelled_dataset`.
@@ -106,8 +128,14 @@ class DataModule(L.LightningDataModule):
         batch_scope: BatchScope = "device",
         num_workers: int = 0,
         seed: int = 0,
+        folds: int | None = None,
+        fold: int = 0,
     ) -> None:
         super().__init__()
+        if folds is not None and (type(folds) is not int or folds < 2):
+            raise ConfigError(f"data.folds must be a whole number of at least 2 (or null: no cross-validation); got {folds!r}.")
+        if folds is not None and not 0 <= fold < folds:
+            raise ConfigError(f"data.fold must be from 0 to data.folds - 1 = {folds - 1}; got {fold}.")
         if not 0.0 < val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be between 0 and 1 (exclusive); got {val_fraction}.")
         if test_fraction is not None and not 0.0 < test_fraction < 1.0:
@@ -134,6 +162,7 @@ class DataModule(L.LightningDataModule):
         self.batch_scope = batch_scope
         self.num_workers = num_workers
         self.seed = seed
+        self.folds, self.fold = folds, fold
         self._with_reference = False
 
     # ---- the contract ----
@@ -165,6 +194,15 @@ class DataModule(L.LightningDataModule):
     def _split(self) -> None:
         splits = self.load()
         train, labels, val = splits.train, splits.labels, splits.val
+        if self.folds is not None:
+            if val is not None:  # the validation split joins the folds
+                labels = None if labels is None else torch.cat([labels, targets_of(val)])
+                train, val = join(train, val), None
+            index, val_index = fold_index(len(train), self.folds, self.fold, self.seed, labels)
+            rank_zero_info(f"Fold {self.fold} of {self.folds}: {len(val_index)} of {len(train)} samples validate, "
+                           "the rest train; the test split is untouched.")
+            train, val = subset(train, index), subset(train, val_index)
+            labels = None if labels is None else labels[index]
         if val is None:
             index, val_index = split_index(len(train), 1.0 - self.val_fraction, self.seed, labels,
                                            held_out=("validation", "data.val_fraction"))

@@ -85,10 +85,12 @@ class FolderDataModule(ImageDataModule):
         batch_scope: BatchScope = "device",
         num_workers: int = 2,
         seed: int = 0,
+        folds: int | None = None,
+        fold: int = 0,
     ) -> None:
         super().__init__(
             augment=augment, test_fraction=test_fraction, val_fraction=val_fraction, label_fraction=label_fraction, unlabelled=unlabelled, batch_size=batch_size,
-            batch_scope=batch_scope, num_workers=num_workers, seed=seed,
+            batch_scope=batch_scope, num_workers=num_workers, seed=seed, folds=folds, fold=fold,
         )
         self.save_hyperparameters(ignore=["augment"])
         self.record_augment()

@@ -10,7 +10,7 @@ seeded by (seed, epoch, index) where it draws.
 from collections.abc import Callable
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from models.contract import IGNORE_INDEX, Batch
 from models.run_state import derived_seed
@@ -55,6 +55,20 @@ def subset(dataset: Dataset, index: torch.Tensor) -> Dataset:
     if hasattr(dataset, "subset"):
         return dataset.subset(index)
     return Subset(dataset, index.tolist())
+
+
+def join(first: Dataset, second: Dataset) -> Dataset:
+    """`first`'s samples, then `second`'s: one TensorSamples where both are, else a torch ConcatDataset."""
+    if isinstance(first, TensorSamples) and isinstance(second, TensorSamples) and first.fields.keys() == second.fields.keys():
+        return TensorSamples(**{name: torch.cat([t, second.fields[name]]) for name, t in first.fields.items()})
+    return ConcatDataset([first, second])
+
+
+def targets_of(dataset: Dataset) -> torch.Tensor:
+    """The `target` of every sample, read from the tensor where the samples are tensors."""
+    if isinstance(dataset, TensorSamples) and "target" in dataset.fields:
+        return dataset.fields["target"]
+    return torch.as_tensor([int(dataset[i]["target"]) for i in range(len(dataset))])
 
 
 class HiddenTargets(Dataset):

@@ -42,7 +42,7 @@ DEFAULTS = Path(__file__).with_name("defaults.yaml")
 # Each subcommand and the method arguments its parser leaves out (LightningCLI's, and export).
 SUBCOMMANDS = {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
 DESCRIPTION = ("litlab: train, evaluate, predict with and export the models of YAML experiments "
-               "(litlab fit --config experiments/digits/cnn.yaml). A run's plots and summary, or a comparison of runs: litlab report RUN [RUN ...]. "
+               "(litlab fit --config experiments/digits/cnn.yaml). A run's plots and summary, or a comparison of runs: litlab report RUN [RUN ...]; what a sweep found: litlab report SWEEP_FOLDER. "
                "A BPE tokenizer trained on an experiment's corpus: litlab tokenizer --config X.yaml --vocab_size N --output DIR; "
                "a hyperparameter search with Optuna: litlab sweep --config X.yaml --sweep experiments/sweeps/S.yaml [--workers N].")
 
@@ -324,9 +324,13 @@ def main(args: list[str] | None = None) -> None:
     try:
         if arguments[:1] == ["report"]:
             # Not a training run: a reader of run directories' files, with a parser of its own.
-            from experiments import report
+            from experiments import report, sweep_report
 
-            report.main(arguments[1:])
+            folders = [arg for arg in arguments[1:] if not arg.startswith("-")]
+            if len(folders) == 1 and sweep_report.is_sweep(folders[0]):  # a sweep's folder: what the sweep found
+                sweep_report.main(arguments[1:])
+            else:
+                report.main(arguments[1:])
             return
         if arguments[:1] == ["tokenizer"]:
             from experiments import tokenizer

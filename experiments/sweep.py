@@ -2,7 +2,7 @@
 
 The sweep file (experiments/sweeps/, see docs/sweeps.md) names the metric and its direction, the
 search space over any config key, the sampler, the pruner, the number of trials, the seeds each
-trial is trained on and the storage. Before any trial starts, every value of the space (each end
+trial is trained on (and the folds, for K-fold cross-validation) and the storage. Before any trial starts, every value of the space (each end
 of a range, each choice) is tried in a one-step fit, so that a key the experiment does not have,
 or a value its constructor refuses, is one line. Each trial is then an ordinary litlab run, forked
 from this process (`experiments.sweep_trial`): `<folder>/trial_NNNN/version_0`, with its config.yaml,
@@ -17,6 +17,8 @@ study. A trial is claimed under the folder's lock (`sweep.lock`) and held by its
 seconds on another machine) is failed and queued again with the same values, under its own number's
 folder, so it resumes from its last.ckpt. A trial counts once, under the number it started with.
 SIGTERM or SIGINT stops every running trial where it saves, and the sweep says how to continue.
+`--wandb FILE` writes the same sweep as a W&B sweep configuration instead of running it, and
+`litlab report FOLDER` (experiments/sweep_report.py) reports what a sweep found.
 """
 
 import argparse
@@ -43,7 +45,7 @@ from experiments.runs import newest_fit
 from models.errors import ConfigError
 
 HOST = socket.gethostname()
-KEYS = ("name", "metric", "direction", "trials", "seeds", "sampler", "pruner", "storage", "folder", "fixed", "space")
+KEYS = ("name", "metric", "direction", "trials", "seeds", "folds", "sampler", "pruner", "storage", "folder", "fixed", "space")
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "grid": "GridSampler"}
 PRUNERS = {"median": "MedianPruner", "hyperband": "HyperbandPruner", "none": "NopPruner"}
 HEARTBEAT = 60.0  # seconds between a running trial's signs of life in the study
@@ -135,6 +137,7 @@ class Sweep:
     direction: str  # minimize | maximize
     trials: int
     seeds: tuple[int, ...] | None  # None: the experiment's own seed
+    folds: int | None  # K-fold cross-validation of each trial's values (data.folds); None: the data's own split
     sampler: tuple[str, dict]
     pruner: tuple[str, dict]
     storage: str  # "sqlite", "journal", a journal file's path or a database URL
@@ -145,10 +148,16 @@ class Sweep:
     def record(self) -> dict:
         """What a study keeps of its sweep, to refuse a restart with another search."""
         return json.loads(json.dumps({"metric": self.metric, "direction": self.direction, "seeds": self.seeds,
+                                      "folds": self.folds,
                                       "fixed": self.fixed, "space": {k: vars(p) for k, p in self.space.items()}}))
 
-    def run_name(self, root: int, seed: int | None) -> str:
-        return f"trial_{root:04d}" + (f"/seed_{seed}" if self.seeds is not None else "")
+    def run_name(self, root: int, seed: int | None, fold: int | None = None) -> str:
+        return (f"trial_{root:04d}" + (f"/seed_{seed}" if self.seeds is not None else "")
+                + (f"/fold_{fold}" if fold is not None else ""))
+
+    def runs(self) -> list[tuple[int | None, int | None]]:
+        """The (seed, fold) of each run of a trial: every seed on every fold."""
+        return [(seed, fold) for seed in self.seeds or [None] for fold in (range(self.folds) if self.folds else [None])]
 
 
 def named(value, known: dict, what: str, where: str) -> tuple[str, dict]:
@@ -200,6 +209,10 @@ def read_sweep(path: str, storage: str | None = None) -> Sweep:
                               or len(set(seeds)) < len(seeds)):
         raise ConfigError(f"{path}: seeds must be a list of distinct whole numbers, e.g. seeds: [0, 1, 2]; "
                           f"got {seeds!r}.")
+    folds = raw.get("folds")
+    if folds is not None and (type(folds) is not int or folds < 2):
+        raise ConfigError(f"{path}: folds must be a whole number of at least 2 (each trial runs on every fold, "
+                          f"through data.folds and data.fold); got {folds!r}.")
     name = str(raw.get("name") or file.stem)
     if not re.fullmatch(r"[\w.-]+", name):
         raise ConfigError(f"{path}: name {name!r} must be letters, digits, '.', '_' or '-' "
@@ -208,7 +221,7 @@ def read_sweep(path: str, storage: str | None = None) -> Sweep:
     if not isinstance(fixed, dict):
         raise ConfigError(f"{path}: fixed must map config keys to the values every trial takes; got {fixed!r}.")
     pruner = named(raw.get("pruner", "median"), PRUNERS, "pruner", path)
-    return Sweep(file, name, raw["metric"], raw["direction"], trials, tuple(seeds) if seeds else None, sampler,
+    return Sweep(file, name, raw["metric"], raw["direction"], trials, tuple(seeds) if seeds else None, folds, sampler,
                  pruner, str(storage or raw.get("storage") or "sqlite"), Path(raw.get("folder") or Path("runs", name)),
                  {str(k): v for k, v in fixed.items()}, params)
 
@@ -448,8 +461,9 @@ class Worker:
         finally:
             os.close(lock)
 
-    def fit_args(self, values: dict, seed: int | None, name: str, save_dir: Path, ckpt: str | None = None) -> list[str]:
-        return fit_args(self.sweep, self.configs, self.extra, values, seed, name, save_dir, ckpt)
+    def fit_args(self, values: dict, seed: int | None, name: str, save_dir: Path, ckpt: str | None = None,
+                 fold: int | None = None) -> list[str]:
+        return fit_args(self.sweep, self.configs, self.extra, values, seed, name, save_dir, ckpt, fold)
 
     def run_trial(self, trial, root: int) -> None:
         from optuna.trial import TrialState
@@ -458,12 +472,12 @@ class Worker:
         values = {key: param.value(trial.params[key]) for key, param in sweep.space.items()}
         shown = f"trial {root} ({describe(values)})"
         runs, results, start = [], [], time.monotonic()
-        for i, seed in enumerate(sweep.seeds or [None]):
-            name = sweep.run_name(root, seed)
+        for i, (seed, fold) in enumerate(sweep.runs()):
+            name = sweep.run_name(root, seed, fold)
             last = newest_fit(sweep.folder / name, None)
             first = i == 0
             fit = sweep_trial.Fit(
-                args=self.fit_args(values, seed, name, sweep.folder, str(last) if last else None),
+                args=self.fit_args(values, seed, name, sweep.folder, str(last) if last else None, fold),
                 log=sweep.folder / f"trial_{root:04d}" / "trial.log", threads=self.threads,
                 report=(lambda epoch, value: self.report(trial, epoch, value)) if first else None,
                 history=(lambda points: [trial.report(value, epoch) for epoch, value in points]) if first else None,
@@ -508,13 +522,15 @@ class Worker:
 
 
 def fit_args(sweep: Sweep, configs: list[str], extra: list[str], values: dict, seed: int | None, name: str,
-             save_dir: Path, ckpt: str | None = None) -> list[str]:
+             save_dir: Path, ckpt: str | None = None, fold: int | None = None) -> list[str]:
     """The `litlab fit` arguments of one run of a trial: parents before children (a class before its arguments)."""
     settings = sorted([*sweep.fixed.items(), *values.items()], key=lambda item: item[0].count("."))
     report = {"class_path": "experiments.sweep_trial.SweepReport", "init_args": {"metric": sweep.metric}}
     args = ["fit", *[arg for config in configs for arg in ("--config", config)], *extra,
             *[f"--{key}={flag_value(value)}" for key, value in settings],
-            *([f"--seed_everything={seed}"] if seed is not None else []), *QUIET,
+            *([f"--seed_everything={seed}"] if seed is not None else []),
+            *([f"--data.init_args.folds={sweep.folds}", f"--data.init_args.fold={fold}"] if fold is not None else []),
+            *QUIET,
             f"--trainer.logger.init_args.save_dir={save_dir}", f"--trainer.logger.init_args.name={name}",
             f"--trainer.logger.init_args.group={sweep.name}", f"--trainer.callbacks+={json.dumps(report)}"]
     return args + (["--ckpt_path", ckpt] if ckpt else [])
@@ -553,7 +569,7 @@ def run_result(run: Path, metric: str, direction: str) -> tuple[float | None, di
 
 
 def aggregate(results: list[tuple[float, dict]], metric: str) -> dict[str, dict]:
-    """Mean, standard deviation and 95% interval half-width over the seeds, of the metric and each test metric."""
+    """Mean, standard deviation and 95% interval over the runs (seeds and folds), of the metric and each test metric."""
     columns = {metric: [value for value, _ in results]}
     for _, tests in results:
         for key, value in tests.items():
@@ -575,11 +591,11 @@ def check_trials(sweep: Sweep, configs: list[str], extra: list[str], every_value
     first = {key: param.checked()[0] for key, param in sweep.space.items()}
     cases = [(None, first)] + [(key, {**first, key: value}) for key, param in sweep.space.items()
                                for value in param.checked()[1:]] * every_value
-    seed = sweep.seeds[0] if sweep.seeds else None
+    seed, fold = sweep.runs()[0]
     with tempfile.TemporaryDirectory(prefix="litlab-sweep-check-") as folder:
         modules = Path(folder, "modules.txt")
         for i, (key, values) in enumerate(cases):
-            args = [*fit_args(sweep, configs, extra, values, seed, "check", Path(folder)), *CHECK]
+            args = [*fit_args(sweep, configs, extra, values, seed, "check", Path(folder), fold=fold), *CHECK]
             fit = sweep_trial.Fit(args, Path(folder, f"check_{i}.log"), env={"WANDB_MODE": "disabled"},
                                   modules=modules if i == 0 else None)
             outcome = sweep_trial.run(fit)
@@ -614,6 +630,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=1, help="trials run at once on this machine (default 1)")
     parser.add_argument("--storage", help="the study's storage, instead of the sweep file's: sqlite, journal, a "
                                           ".journal file or a database URL")
+    parser.add_argument("--wandb", metavar="FILE", help="write the sweep as a W&B sweep configuration to FILE, "
+                                                        "for wandb sweep FILE and wandb agent, and run nothing")
     return parser
 
 
@@ -636,8 +654,15 @@ def main(arguments: list[str]) -> None:
             param.distribution()
         except ValueError as err:
             raise ConfigError(f"{sweep.path}: space.{key}: {err}.") from None
+    if args.wandb:
+        return write_wandb(sweep, args.config, extra, Path(args.wandb))
     check_trials(sweep, args.config, extra, every_value=not study_exists(sweep))
     sweep.folder.mkdir(parents=True, exist_ok=True)
+    # What `litlab report FOLDER` needs to find the study again: the sweep file, and where the study lives.
+    (sweep.folder / "sweep.yaml").write_text(sweep.path.read_text())
+    storage = sweep.storage if shown_url(sweep.storage) == sweep.storage else None  # never a password in a file
+    (sweep.folder / "sweep.json").write_text(json.dumps({"storage": storage, "configs": args.config, "extra": extra},
+                                                        indent=1))
     study = open_study(sweep, storage_of(sweep))
     done = sum(finished(t) for t in standing(study.get_trials(deepcopy=False)).values())
     say(f"{sweep.name}: {sweep.trials} trials of {', '.join(args.config)}, {done} finished before; study in "
@@ -651,7 +676,7 @@ def main(arguments: list[str]) -> None:
         for signum, handler in before.items():
             signal.signal(signum, handler)
     latest = standing(study.get_trials(deepcopy=False))
-    write_results(sweep, args.config, latest)
+    write_results(sweep, latest)
     if code:
         done = sum(finished(t) for t in latest.values())
         reason = f"stopped by {signal.Signals(STOP[0]).name}" if STOP else "a worker failed (see above)"
@@ -703,15 +728,16 @@ def work(sweep: Sweep, configs: list[str], extra: list[str], workers: int) -> in
     return 128 + STOP[0] if STOP else max(codes)
 
 
-def write_results(sweep: Sweep, configs: list[str], latest: dict) -> None:
+def write_results(sweep: Sweep, latest: dict) -> None:
     """trials.csv (every trial) and best.yaml (the best trial's settings, a config to give fit) in the sweep's folder."""
     from optuna.trial import TrialState
 
     rows = []
     for root, trial in sorted(latest.items()):
         summary = trial.user_attrs.get("summary", {})
+        took = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else ""
         row = {"trial": root, "state": trial.state.name.lower() if finished(trial) else "unfinished",
-               sweep.metric: trial.value if trial.value is not None else "",
+               sweep.metric: trial.value if trial.value is not None else "", "seconds": took,
                **{key: trial.params.get(key, "") for key in sweep.space}}
         row.update({f"{key} mean": value["mean"] for key, value in summary.items() if key.startswith("test/")})
         row.update({"reason": trial.user_attrs.get("reason", ""), "runs": " ".join(trial.user_attrs.get("runs", []))})
@@ -729,43 +755,80 @@ def write_results(sweep: Sweep, configs: list[str], latest: dict) -> None:
     values = {key: param.value(best.params[key]) for key, param in sweep.space.items()}
     summary = best.user_attrs.get("summary", {})
     stats = "; ".join(f"{key} {s['mean']:.4f} (sd {s['sd']:.4f}, 95% CI {s['ci95'][0]:.4f} to {s['ci95'][1]:.4f}, "
-                      f"{len(s['values'])} seeds)" if len(s["values"]) > 1 else f"{key} {s['mean']:.4f}"
+                      f"{len(s['values'])} runs)" if len(s["values"]) > 1 else f"{key} {s['mean']:.4f}"
                       for key, s in summary.items())
-    header = (f"# The best trial of sweep {sweep.name} ({sweep.path}): trial {root}; {stats}.\n"
-              f"# Its runs: {' '.join(best.user_attrs.get('runs', []))}\n"
-              f"#   litlab fit {' '.join(f'--config {c}' for c in configs)} --config {sweep.folder / 'best.yaml'}\n")
     runs = best.user_attrs.get("runs", [])
-    resolved = yaml.safe_load(Path(runs[0], "config.yaml").read_text()) if runs else {}
-    settings = [(full_key(resolved, key), value) for key, value in [*sweep.fixed.items(), *values.items()]]
-    (sweep.folder / "best.yaml").write_text(header + yaml.safe_dump(nested(settings), sort_keys=False))
+    first = sweep.runs()[0]
+    which = ", ".join(f"{k} {v}" for k, v in zip(("seed", "fold"), first) if v is not None)
+    header = (f"# The best trial of sweep {sweep.name} ({sweep.path}): trial {root}; {stats}.\n"
+              f"# Its runs: {' '.join(runs)}\n"
+              f"# This is the whole config of its first run{f' ({which})' if which else ''}, which\n"
+              f"#   litlab fit --config {sweep.folder / 'best.yaml'}\n"
+              "# trains again to the same metrics (another seed: --seed_everything=N"
+              + ("; every sample: --data.init_args.folds=null" if sweep.folds else "") + ").\n")
+    (sweep.folder / "best.yaml").write_text(header + yaml.safe_dump(best_config(sweep, Path(runs[0])), sort_keys=False))
     say(f"best: trial {root} ({describe(values)}), {sweep.metric} {best.value:.4f}; "
         f"its settings: {sweep.folder / 'best.yaml'}")
 
 
-def full_key(config: dict, key: str) -> str:
-    """`key` as a config file spells it: through each class's init_args (model.optimizer.lr is
-    model.init_args.optimizer.init_args.lr), found in a run's resolved `config`; as given if not found."""
-    node, path = config, []
-    for part in key.split("."):
-        if isinstance(node, dict) and part in node:
-            node, path = node[part], [*path, part]
-        elif isinstance(node, dict) and isinstance(node.get("init_args"), dict) and part in node["init_args"]:
-            node, path = node["init_args"][part], [*path, "init_args", part]
-        else:
-            return key
-    return ".".join(path)
-
-
-def nested(settings: list[tuple[str, object]]) -> dict:
-    """A config file of dotted keys and values, parents first; a class given by its path takes the
-    arguments set below it (`{class_path: ..., init_args: {...}}`)."""
-    config: dict = {}
-    for key, value in sorted(settings, key=lambda item: item[0].count(".")):
-        node = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            child = node.get(part)
-            node[part] = {"class_path": child} if isinstance(child, str) else child if isinstance(child, dict) else {}
-            node = node[part]
-        node[leaf] = {**value, **node[leaf]} if isinstance(value, dict) and isinstance(node.get(leaf), dict) else value
+def best_config(sweep: Sweep, run: Path) -> dict:
+    """A trial run's config.yaml as a config of its own: its run folder under runs/<sweep>-best, not in the
+    sweep's folder, without the sweep's reporting callback, and starting afresh (no ckpt_path)."""
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    trainer = config.get("trainer", {})
+    logger = trainer.get("logger")
+    if isinstance(logger, dict) and isinstance(logger.get("init_args"), dict):
+        logger["init_args"].update(save_dir=str(sweep.folder.parent), name=f"{sweep.name}-best")
+    if isinstance(trainer.get("callbacks"), list):
+        trainer["callbacks"] = [c for c in trainer["callbacks"]
+                                if not (isinstance(c, dict) and c.get("class_path", "").endswith("sweep_trial.SweepReport"))]
+    config.pop("ckpt_path", None)
     return config
+
+
+# ---- the same sweep on W&B ----
+
+WANDB_METHODS = {"tpe": "bayes", "random": "random", "grid": "grid"}
+
+
+def wandb_parameter(param: Param) -> dict:
+    """A space entry as a W&B sweep parameter. Class-path choices are given as JSON, which the flag reads back."""
+    if param.choices:
+        return {"values": [json.dumps(c) if isinstance(c, (dict, list)) else c for c in param.choices]}
+    if param.step is not None:
+        return {"values": param.grid()}
+    if param.integer:  # W&B's quantized log distribution may give 57.0, which an int argument refuses
+        return {"distribution": "int_uniform", "min": param.low, "max": param.high}
+    return {"distribution": "log_uniform_values" if param.log else "uniform", "min": float(param.low),
+            "max": float(param.high)}
+
+
+def wandb_config(sweep: Sweep, configs: list[str], extra: list[str]) -> dict:
+    """The sweep file as a W&B sweep configuration: the agent runs `litlab fit` with each run's values as
+    --key=value flags. W&B runs one seed and one fold a run, so seeds and folds become parameters of the
+    search (W&B has no mean over them); its early termination is Hyperband's, so a median pruner is left out;
+    a whole-number range is drawn uniformly (W&B's log scale for integers gives floats)."""
+    parameters = {key: {"value": json.dumps(v) if isinstance(v, (dict, list)) else v} for key, v in sweep.fixed.items()}
+    parameters.update({key: wandb_parameter(param) for key, param in sweep.space.items()})
+    if sweep.seeds:
+        parameters["seed_everything"] = {"values": list(sweep.seeds)}
+    if sweep.folds:
+        parameters["data.init_args.folds"] = {"value": sweep.folds}
+        parameters["data.init_args.fold"] = {"values": list(range(sweep.folds))}
+    config = {"name": sweep.name, "method": WANDB_METHODS[sweep.sampler[0]],
+              "metric": {"name": sweep.metric, "goal": sweep.direction}, "parameters": parameters,
+              "command": ["${env}", "litlab", "fit", *[a for c in configs for a in ("--config", c)], *extra,
+                          f"--trainer.logger.init_args.group={sweep.name}", "${args}"]}
+    if sweep.pruner[0] == "hyperband":
+        least = sweep.pruner[1].get("min_resource", "auto")
+        config["early_terminate"] = {"type": "hyperband", "min_iter": least if type(least) is int else 1}
+    if sweep.sampler[0] != "grid":
+        config["run_cap"] = sweep.trials
+    return config
+
+
+def write_wandb(sweep: Sweep, configs: list[str], extra: list[str], path: Path) -> None:
+    path.write_text(f"# W&B sweep of {sweep.path}, written by litlab sweep --wandb.\n"
+                    + yaml.safe_dump(wandb_config(sweep, configs, extra), sort_keys=False))
+    say(f"wrote {path}: start it with `wandb sweep {path}`, then run the `wandb agent ENTITY/PROJECT/SWEEP_ID` it prints "
+        "on each machine (W&B must be online: wandb login).")

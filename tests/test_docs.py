@@ -52,6 +52,10 @@ RUN_CONFIGS = {
         ("fit", "--config", "experiments/digits/cnn.yaml"),
         "written by `litlab fit --config experiments/digits/cnn.yaml` (its run is named digits-cnn)",
     ),
+    "runs/digits-mlp-lr-width/best.yaml": (
+        ("fit", "--config", "experiments/digits/mlp.yaml"),
+        "written by `litlab sweep --sweep experiments/sweeps/digits_mlp.yaml`: a trial's run config of mlp.yaml",
+    ),
 }
 
 

@@ -216,6 +216,8 @@ def test_token_sequences_without_labels_are_split_and_served():
         ({"label_fraction": 1.5}, "label_fraction"),
         ({"batch_size": 0}, "batch_size"),
         ({"num_workers": -1}, "num_workers"),
+        ({"folds": 1}, "data.folds must be a whole number of at least 2"),
+        ({"folds": 3, "fold": 3}, r"data.fold must be from 0 to data.folds - 1 = 2"),
     ],
 )
 def test_bad_settings_are_rejected_by_name(kwargs, message):
@@ -376,3 +378,35 @@ def test_a_label_fraction_says_how_many_labels_it_kept_per_class(caplog):
         dm.setup("fit")
     assert "label_fraction 0.5 keeps 54 of 108 training labels (18 to 18 per class; at least one of each class)." \
         in caplog.text
+
+
+# ---- K-fold cross-validation ----
+
+
+@pytest.mark.parametrize("tensors", [True, False], ids=["tensors", "list"])
+def test_folds_validate_each_sample_once_stratified_and_seeded_and_leave_the_test_split_alone(tensors):
+    k = 4
+    folds = [ready(folds=k, fold=i, tensors=tensors) for i in range(k)]
+    validated = [column(dm.val_dataset, "index") for dm in folds]
+    pool = torch.cat(validated).sort().values
+    assert torch.equal(pool, torch.arange(120))  # every training sample validates in exactly one fold
+    for dm, val in zip(folds, validated):
+        trained = column(dm.train_dataset, "index")
+        assert torch.equal(torch.cat([trained, val]).sort().values, pool)  # the other folds train
+        assert torch.bincount(column(dm.val_dataset, "target"), minlength=CLASSES).tolist() == [10, 10, 10]
+        assert torch.equal(column(dm.test_dataset, "index"), column(ready(tensors=tensors).test_dataset, "index"))
+    assert torch.equal(column(ready(folds=k, fold=1, tensors=tensors).val_dataset, "index"), validated[1])  # seeded
+    assert not torch.equal(column(ready(folds=k, fold=1, seed=1, tensors=tensors).val_dataset, "index"), validated[1])
+
+
+def test_folds_take_in_a_validation_split_the_data_brings_and_refuse_too_few_of_a_class():
+    # The digits carve their own validation split: it joins the folds, and the test split stays as it was.
+    plain = DigitsDataModule()
+    plain.setup("fit")
+    folded = [DigitsDataModule(folds=5, fold=i) for i in range(5)]
+    for dm in folded:
+        dm.setup("fit")
+    assert sum(len(dm.val_dataset) for dm in folded) == len(plain.train_dataset) + len(plain.val_dataset)
+    assert torch.equal(folded[0].test_dataset.fields["input"], plain.test_dataset.fields["input"])
+    with pytest.raises(ConfigError, match="data.folds=50 needs at least 50 samples of every class"):
+        ready(n=120, folds=50)

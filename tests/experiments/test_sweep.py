@@ -189,11 +189,20 @@ def test_a_sweep_over_learning_rate_and_width_finds_a_recipe_as_good_as_the_ship
         assert config["model"]["init_args"]["backbone"]["init_args"]["width"] == trial.params[WIDTH]
         assert config["model"]["init_args"]["optimizer"]["init_args"]["lr"] == trial.params[LR]
     assert trial.value == pytest.approx(sum(summary["val/loss"]["values"]) / 3)
+
+    # What it found: the report's table and plots, and best.yaml, the best trial's whole config, which
+    # trains again to the metrics of the trial's first run, to the byte.
+    code, printed, err = litlab_main("report", str(folder))
+    assert code == 0, err
+    assert {p.name for p in (folder / "report").iterdir()} == {"trials.md", "history.png", "importances.png", "parallel.png"}
+    table = (folder / "report" / "trials.md").read_text().splitlines()
+    assert len(table) == 2 + 2 + 6 and table[4].startswith(f"| {best['trial']} | complete |")  # best first
     settings = yaml.safe_load((folder / "best.yaml").read_text())
-    assert settings == {"model": {"init_args": {"optimizer": {"init_args": {"lr": trial.params[LR]}},
-                                                "backbone": {"init_args": {"width": trial.params[WIDTH]}}}}}
-    code, printed, err = litlab_main("fit", "--config", MLP, "--config", str(folder / "best.yaml"), "--print_config")
-    assert code == 0 and yaml.safe_load(printed)["model"]["init_args"]["backbone"]["init_args"]["width"] == trial.params[WIDTH]
+    assert settings["model"]["init_args"]["backbone"]["init_args"]["width"] == trial.params[WIDTH]
+    code, printed, err = litlab_main("fit", "--config", str(folder / "best.yaml"))
+    assert code == 0, err
+    again = tmp_path / "runs" / "lr-width-best" / "version_0"
+    assert (again / "metrics.csv").read_text() == (Path(trial.user_attrs["runs"][0]) / "metrics.csv").read_text()
 
 
 @pytest.mark.slow
@@ -351,3 +360,56 @@ def test_a_sweep_keeps_its_study_in_a_postgresql_server(litlab_main, tmp_path, p
     trials = study("pg", postgres_url).trials
     assert sorted(t.params[LR] for t in trials if t.state.name == "COMPLETE") == [0.002, 0.01]
     assert not (tmp_path / "runs" / "pg" / "study.db").exists()
+
+
+# ---- folds, what a sweep found, and the same sweep on W&B ----
+
+
+@pytest.mark.slow
+def test_a_sweep_over_folds_trains_each_fold_and_ranks_by_their_mean(litlab_main, tmp_path):
+    sweep = write_sweep(tmp_path, "folds", trials=1, folds=3, fixed={"trainer.max_epochs": 1})
+    code, out, err = litlab_main("sweep", "--config", MLP, "--sweep", sweep)
+    assert code == 0, err
+    trial = study("folds").trials[0]
+    runs = [Path(run) for run in trial.user_attrs["runs"]]
+    assert [run.parent.name for run in runs] == ["fold_0", "fold_1", "fold_2"]
+    configs = [yaml.safe_load((run / "config.yaml").read_text())["data"]["init_args"] for run in runs]
+    assert [(c["folds"], c["fold"]) for c in configs] == [(3, 0), (3, 1), (3, 2)]
+    summary = trial.user_attrs["summary"]["val/loss"]
+    assert len(summary["values"]) == 3 and trial.value == pytest.approx(sum(summary["values"]) / 3)
+    assert summary["ci95"][0] < trial.value < summary["ci95"][1]
+    assert len(set(summary["values"])) == 3  # three folds, each validating other samples
+
+
+def test_the_sweep_as_a_wandb_sweep_starts_each_run_the_agent_makes_as_a_litlab_fit_of_its_values(litlab_main, tmp_path):
+    # Offline: the W&B agent's own functions turn one run's values into the command it would start.
+    from wandb.sdk.launch.sweeps import utils as agent
+
+    sgd = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05, "momentum": 0.9}}
+    space = {"model.init_args.optimizer": {"choices": [sgd, {"class_path": "torch.optim.AdamW"}]},
+             WIDTH: {"low": 32, "high": 1024, "log": True}, DROPOUT: {"low": 0.0, "high": 0.5}}
+    sweep = write_sweep(tmp_path, "w", trials=5, seeds=[0, 1], folds=3, space=space, fixed={"trainer.max_epochs": 3},
+                        pruner={"name": "hyperband", "min_resource": 2})
+    out = tmp_path / "wandb.yaml"
+    code, printed, err = litlab_main("sweep", "--config", MLP, "--sweep", sweep, "--data.batch_size=32", "--wandb", str(out))
+    assert code == 0 and f"wandb sweep {out}" in printed and not (tmp_path / "runs").exists(), err
+    config = yaml.safe_load(out.read_text())
+    assert config["method"] == "bayes" and config["metric"] == {"name": "val/loss", "goal": "minimize"}
+    assert config["run_cap"] == 5 and config["early_terminate"] == {"type": "hyperband", "min_iter": 2}
+    parameters = config["parameters"]
+    assert parameters[WIDTH] == {"distribution": "int_uniform", "min": 32, "max": 1024}
+    assert parameters[DROPOUT] == {"distribution": "uniform", "min": 0.0, "max": 0.5}
+    assert parameters["seed_everything"] == {"values": [0, 1]} and parameters["data.init_args.fold"] == {"values": [0, 1, 2]}
+    run = {key: {"value": p["value"] if "value" in p else p["values"][0] if "values" in p else p["max"]}
+           for key, p in parameters.items()}
+    command = [c for c in agent.create_sweep_command(config["command"]) if c != "${env}"]
+    args = agent.create_sweep_command_args({"args": run})["args"]
+    assert command[:2] == ["litlab", "fit"] and command[-1] == "${args}"
+    code, printed, err = litlab_main(*command[1:-1], *args, "--print_config")
+    assert code == 0, err
+    resolved = yaml.safe_load(printed)
+    model = resolved["model"]["init_args"]
+    assert model["optimizer"]["class_path"] == "torch.optim.SGD" and model["optimizer"]["init_args"]["momentum"] == 0.9
+    assert model["backbone"]["init_args"]["width"] == 1024 and model["backbone"]["init_args"]["dropout"] == 0.5
+    assert resolved["data"]["init_args"]["folds"] == 3 and resolved["data"]["init_args"]["batch_size"] == 32
+    assert resolved["trainer"]["max_epochs"] == 3 and resolved["seed_everything"] == 0
