@@ -15,8 +15,6 @@ Everything runs in processes forked from this one, which itself never computes w
 import argparse
 import csv
 import os
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
