@@ -1,7 +1,9 @@
-"""Time to target on the digits, side by side in one process: litlab against an airbench-style hand loop
-of the same network and against scikit-learn's SVC.
+"""Time to target, side by side in one process: the digits to 99% (litlab against an airbench-style hand
+loop of the same network and against scikit-learn's SVC), and the embedded corpus to below zlib's and
+xz's held-out bits per byte (litlab against a nanoGPT-style bare loop of the same model).
 
     .venv/bin/python benchmarks/race.py                 # or: --rounds 5 --epochs 4 --target 0.99
+    .venv/bin/python benchmarks/race.py --race text     # or: --rounds 3 --text-epochs 12
 
 The target is a test accuracy of at least `--target` (99.0%) on the digits' 360 test images.
 
@@ -20,6 +22,17 @@ The target is a test accuracy of at least `--target` (99.0%) on the digits' 360 
 Each round runs the three in a rotating order with that round's seed, on one thread. Prints each
 round, then a Markdown table: the time and test accuracy of each (median, min and max over rounds),
 how many rounds reached the target, and litlab's time over each reference's, min / median / max.
+
+The text race: `experiments/text/gpt_small.yaml` narrowed as the language-model test narrows it
+(width 64, 2 blocks, 64-byte windows, learning rate 0.012) for `--text-epochs` epochs. The targets
+are zlib -9's and xz -9e's bits per byte on the validation split's text. Both sides measure the
+validation split's bits per byte after every epoch; the clock counts training alone (litlab's
+`speed.csv` train_seconds, which leave out validation and checkpoints; the bare loop's epochs,
+timed without its evaluation), summed up to the first epoch under each target. The bare loop:
+the same model, parameter groups, AdamW, warmup and cosine schedule, clipping, batches of the same
+windows in a seeded shuffled order, tied head and cross entropy, nothing else. Rounds alternate
+which side goes first; the table gives each side's time to each target (median, min / max) and
+litlab's over the bare loop's.
 """
 
 import os
@@ -29,6 +42,10 @@ os.environ["WANDB_MODE"] = "disabled"
 
 import argparse
 import contextlib
+import csv
+import lzma
+import math
+import zlib
 import gc
 import io
 import logging
@@ -45,13 +62,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torch.utils.data import DataLoader
+
 from datamodules import DigitsDataModule
+from datamodules.text import TextDataModule
 from experiments.cli import DEFAULTS, LitlabCLI
-from models.backbones import CNN
+from models.backbones import CNN, Transformer
 from models.lazy import materialize
 from models.optim import configure_optimization
 
 RECIPE = DEFAULTS.parent / "digits" / "cnn.yaml"
+GPT = DEFAULTS.parent / "text" / "gpt_small.yaml"
+# gpt_small.yaml narrowed as tests/models/test_language_model.py narrows it.
+NARROW = {"d_model": 64, "depth": 2, "heads": 4, "block": 64, "lr": 0.012, "betas": (0.9, 0.95), "decay": 0.1,
+          "warmup": 0.05, "clip": 1.0, "batch": 32}
 CHANNELS, LR, WEIGHT_DECAY, BATCH = [32, 64], 0.003, 0.01, 64  # cnn.yaml's, and defaults.yaml's batch
 
 
@@ -122,17 +146,135 @@ def svc(seed: int, data) -> tuple[float, float, int]:
     return time.perf_counter() - start, accuracy, 0
 
 
+def text_litlab(seed: int, epochs: int) -> list[tuple[float, float]]:
+    """(training seconds, validation bits per byte) after each epoch of litlab's fit."""
+    n = NARROW
+    args = ["fit", "--config", str(GPT), f"--seed_everything={seed}", f"--trainer.max_epochs={epochs}",
+            f"--model.backbone.d_model={n['d_model']}", f"--model.backbone.depth={n['depth']}",
+            f"--model.backbone.max_len={n['block']}", f"--data.block_size={n['block']}",
+            f"--model.optimizer.init_args.lr={n['lr']}", "--model.sample_prompts=null",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        cli = LitlabCLI(args=args)
+    run = Path(cli.trainer.log_dir)
+    seconds = [float(r["train_seconds"]) for r in csv.DictReader((run / "speed.csv").open())]
+    bpb = [float(r["val/bpb"]) for r in csv.DictReader((run / "metrics.csv").open()) if r.get("val/bpb")]
+    return list(zip(seconds, bpb))
+
+
+def text_bare(seed: int, epochs: int, data: TextDataModule) -> list[tuple[float, float]]:
+    """The same, by a nanoGPT-style loop: (seconds of each epoch's training, validation bits per byte after it)."""
+    n = NARROW
+    torch.manual_seed(seed)
+    backbone = Transformer(input="tokens", vocab_size=data.vocab_size, causal=True, d_model=n["d_model"],
+                           depth=n["depth"], heads=n["heads"], max_len=n["block"])
+    head = nn.Linear(backbone.out_features, data.vocab_size, bias=False)
+    head.weight = backbone.embed.weight  # tied, as in LanguageModel and nanoGPT
+    decay = {False: [], True: []}  # LanguageModel's groups: no decay on biases, norms and embeddings
+    for name, p in backbone.named_parameters():
+        decay[p.ndim >= 2 and not name.startswith(("embed.", "pos."))].append(p)
+    train = DataLoader(data.train_dataset, batch_size=n["batch"], shuffle=True,
+                       generator=torch.Generator().manual_seed(seed))
+    val = DataLoader(data.val_dataset, batch_size=n["batch"])
+    optimizer = partial(torch.optim.AdamW, lr=n["lr"], betas=n["betas"], weight_decay=n["decay"])
+    opt = optimizer([{"params": decay[False], "weight_decay": 0.0}, {"params": decay[True]}])
+    ramp = int(n["warmup"] * epochs * len(train))
+    schedule = torch.optim.lr_scheduler.SequentialLR(opt, [
+        torch.optim.lr_scheduler.LinearLR(opt, 1.0 / max(ramp, 1), total_iters=max(ramp, 1)),
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs * len(train) - ramp, 1))], milestones=[ramp])
+    params = [p for g in opt.param_groups for p in g["params"]]
+    out = []
+    for _ in range(epochs):
+        backbone.train()
+        start = time.perf_counter()
+        for batch in train:
+            logits = head(backbone.forward_features(batch["input"]))
+            loss = F.cross_entropy(logits.flatten(0, 1), batch["target"].flatten(), ignore_index=-100)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, n["clip"])
+            opt.step()
+            schedule.step()
+            opt.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - start
+        backbone.eval()
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for batch in val:
+                logits = head(backbone.forward_features(batch["input"]))
+                target = batch["target"].flatten()
+                total += F.cross_entropy(logits.flatten(0, 1), target, ignore_index=-100, reduction="sum").item()
+                count += int((target != -100).sum())
+        out.append((seconds, total / count / math.log(2) * data.tokens_per_byte["val"]))
+    return out
+
+
+def time_to(history: list[tuple[float, float]], target: float) -> float | None:
+    """Training seconds summed up to the first epoch under `target`; None if none was."""
+    spent = 0.0
+    for seconds, bpb in history:
+        spent += seconds
+        if bpb < target:
+            return spent
+    return None
+
+
+def text_race(rounds: int, epochs: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="litlab-race-text-") as cache:
+        data = TextDataModule(objective="causal", block_size=NARROW["block"], batch_size=NARROW["batch"],
+                              cache_dir=cache)
+        data.setup("fit")
+        path, bounds = data.cached_corpus()
+        start, end = bounds["val"]
+        held = path.read_bytes()[start:end]  # bytes: one token a byte
+        targets = {"zlib -9": 8 * len(zlib.compress(held, 9)) / len(held),
+                    "xz -9e": 8 * len(lzma.compress(held, preset=9 | lzma.PRESET_EXTREME)) / len(held)}
+        results = {"litlab": [], "bare loop": []}
+        for round_ in range(rounds):
+            order = ["litlab", "bare loop"] if round_ % 2 == 0 else ["bare loop", "litlab"]
+            for side in order:
+                results[side].append(text_litlab(round_, epochs) if side == "litlab" else text_bare(round_, epochs, data))
+            print(f"round {round_}: " + "; ".join(f"{side} bpb " + " ".join(f"{b:.3f}" for _, b in rows[-1])
+                                                 for side, rows in results.items()), file=sys.stderr, flush=True)
+    print(f"\nthe embedded corpus, validation split ({len(held):,} bytes): " + ", ".join(
+        f"{name} {bpb:.3f} bits per byte" for name, bpb in targets.items())
+        + f"; gpt_small.yaml at width {NARROW['d_model']}, {NARROW['depth']} blocks, {NARROW['block']}-byte windows, "
+          f"{epochs} epochs; {rounds} rounds, one thread\n")
+    print("| side | best bpb (median) | " + " | ".join(f"seconds to below {name} (median, min / max; reached)"
+                                                     for name in targets) + " |")
+    print("|---|---|" + "---|" * len(targets))
+    for side, rows in results.items():
+        cells = []
+        for target in targets.values():
+            times = [t for t in (time_to(r, target) for r in rows) if t is not None]
+            cells.append(f"{statistics.median(times):.1f} ({min(times):.1f} / {max(times):.1f}); {len(times)} of {len(rows)}"
+                         if times else f"not reached; 0 of {len(rows)}")
+        best = statistics.median(min(b for _, b in r) for r in rows)
+        print(f"| {side} | {best:.3f} | " + " | ".join(cells) + " |")
+    for name, target in targets.items():
+        pairs = [(time_to(a, target), time_to(b, target)) for a, b in zip(results["litlab"], results["bare loop"])]
+        ratios = [a / b for a, b in pairs if a is not None and b is not None]
+        if ratios:
+            print(f"\nlitlab / bare loop to below {name}: {min(ratios):.2f} / {statistics.median(ratios):.2f} / "
+                  f"{max(ratios):.2f} (min / median / max over {len(ratios)} rounds both reached it)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=4, help="the fewest with which both nets reached 99%% on 5 seeds")
     parser.add_argument("--target", type=float, default=0.99)
+    parser.add_argument("--race", choices=["digits", "text", "both"], default="digits")
+    parser.add_argument("--text-epochs", type=int, default=12)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     os.chdir(tempfile.mkdtemp(prefix="litlab-race-"))
     sys.argv = sys.argv[:1]
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    if args.race in ("text", "both"):
+        text_race(args.rounds if args.race == "text" else 3, args.text_epochs)
+        if args.race == "text":
+            return
     digits = DigitsDataModule(batch_size=BATCH)
     digits.setup("fit")
     data = (tensors(digits.train_dataset), tensors(digits.test_dataset))
