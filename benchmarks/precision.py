@@ -1,0 +1,99 @@
+"""bf16-mixed against 32-bit training on this CPU, per recipe, side by side in one process.
+
+    .venv/bin/python benchmarks/precision.py            # or: --rounds 5 --recipes digits/cnn text/gpt_small
+
+Each round fits every recipe twice through `litlab fit` in this process, `--trainer.precision=32-true`
+and `bf16-mixed`, the order alternating by round, on one thread, with that round's seed: the digits
+recipes for 10 epochs, `gpt_small.yaml` narrowed as the language-model test narrows it (width 64, 2
+blocks, 64-byte windows) for 150 steps. The time is `trainer.fit` alone (set-up, training, the
+validations, checkpoints); the metric is the last validation's (accuracy, or bits per byte). Prints a
+Markdown table: medians over rounds of each precision's time and metric, and the bf16 / 32-bit time
+ratio with min / median / max (below 1: bf16 is faster).
+"""
+
+import os
+
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["WANDB_MODE"] = "disabled"
+
+import argparse
+import contextlib
+import gc
+import io
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from experiments.cli import DEFAULTS, LitlabCLI
+
+RECIPES = {
+    "digits/mlp": ["--trainer.max_epochs=10"],
+    "digits/cnn": ["--trainer.max_epochs=10"],
+    "digits/transformer": ["--trainer.max_epochs=10"],
+    "text/gpt_small": ["--model.backbone.d_model=64", "--model.backbone.depth=2", "--model.backbone.max_len=64",
+                       "--data.block_size=64", "--trainer.max_steps=150", "--trainer.val_check_interval=150",
+                       "--trainer.limit_val_batches=20", "--model.sample_prompts=null"],
+}
+
+
+class TimedCLI(LitlabCLI):
+    def before_fit(self) -> None:
+        gc.collect()
+        self.start = time.perf_counter()
+
+    def after_fit(self) -> None:
+        self.seconds = time.perf_counter() - self.start  # the closing test is not timed
+
+
+def fit(recipe: str, precision: str, seed: int) -> tuple[float, str, float]:
+    args = ["fit", "--config", str(DEFAULTS.parent / f"{recipe}.yaml"), *RECIPES[recipe],
+            f"--trainer.precision={precision}", f"--seed_everything={seed}", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        cli = TimedCLI(args=args)
+    metrics = cli.trainer.callback_metrics
+    key = "val/bpb" if "val/bpb" in metrics else "val/acc"
+    return cli.seconds, key, float(metrics[key])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    os.chdir(tempfile.mkdtemp(prefix="litlab-precision-"))
+    sys.argv = sys.argv[:1]
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    precisions = ["32-true", "bf16-mixed"]
+    results = {(r, p): [] for r in args.recipes for p in precisions}
+    for recipe in args.recipes:  # untimed: first-call costs are not the precision's
+        fit(recipe, "bf16-mixed", 0)
+    for round_ in range(args.rounds):
+        for recipe in args.recipes:
+            for precision in precisions if round_ % 2 == 0 else precisions[::-1]:
+                results[(recipe, precision)].append(fit(recipe, precision, round_))
+            print(f"round {round_} {recipe}: " + ", ".join(
+                f"{p} {results[(recipe, p)][-1][0]:.2f} s {results[(recipe, p)][-1][2]:.4f}" for p in precisions),
+                file=sys.stderr, flush=True)
+    print(f"\ntorch {torch.__version__}, one thread, {args.rounds} rounds, seeds 0 to {args.rounds - 1}\n")
+    print("| recipe | 32-bit fit s | bf16-mixed fit s | bf16 / 32-bit time (min / median / max) | metric | 32-bit | bf16 |")
+    print("|---|---|---|---|---|---|---|")
+    for recipe in args.recipes:
+        full, half = results[(recipe, "32-true")], results[(recipe, "bf16-mixed")]
+        ratios = [h[0] / f[0] for f, h in zip(full, half)]
+        print(f"| {recipe} | {statistics.median(r[0] for r in full):.2f} | {statistics.median(r[0] for r in half):.2f} | "
+              f"{min(ratios):.2f} / {statistics.median(ratios):.2f} / {max(ratios):.2f} | {full[0][1]} | "
+              f"{statistics.median(r[2] for r in full):.4f} | {statistics.median(r[2] for r in half):.4f} |")
+
+
+if __name__ == "__main__":
+    main()
