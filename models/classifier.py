@@ -39,8 +39,11 @@ class Classifier(Task):
 
     `loss="mse"` is the squared error between the softmax and the one-hot target, the
     classic loss of early networks; `cross_entropy` is the usual choice. Unlabelled samples
-    (target IGNORE_INDEX) count in neither the loss nor the metrics.
+    (target IGNORE_INDEX) count in neither the loss nor the metrics. `compile` compiles the
+    backbone (`torch.compile`, from the trainer's set-up on; its checkpoint keys unchanged).
     """
+
+    compiled_parts = ("backbone",)
 
     def __init__(
         self,
@@ -52,6 +55,7 @@ class Classifier(Task):
         schedule: Schedule = "constant",
         warmup_fraction: float | None = None,
         channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__(optimizer=optimizer, schedule=schedule, warmup_fraction=warmup_fraction)
         check_num_classes(num_classes, type(self).__name__)

@@ -54,6 +54,7 @@ class Distill(Classifier):
         schedule: Schedule = "constant",
         warmup_fraction: float | None = None,
         channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__(
             backbone=backbone,
@@ -62,6 +63,7 @@ class Distill(Classifier):
             schedule=schedule,
             warmup_fraction=warmup_fraction,
             channels_last=channels_last,
+            compile=compile,
         )
         if temperature <= 0:
             raise ConfigError(f"temperature must be positive; got {temperature}.")

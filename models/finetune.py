@@ -57,6 +57,7 @@ class FineTune(LoRA, Classifier):
         schedule: Schedule = "constant",
         warmup_fraction: float | None = None,
         channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         # By keyword: a new Classifier argument can never shift these.
         super().__init__(
@@ -68,6 +69,7 @@ class FineTune(LoRA, Classifier):
             schedule=schedule,
             warmup_fraction=warmup_fraction,
             channels_last=channels_last,
+            compile=compile,
         )
         if backbone_lr_scale <= 0:
             raise ConfigError(

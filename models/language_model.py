@@ -124,10 +124,6 @@ class LanguageModel(LoRA, Task):
             if isinstance(logger, WandbLogger):
                 logger.log_text(key="samples", columns=["epoch", "prompt", "continuation"], data=rows)
 
-    def summary_input(self, example: torch.Tensor) -> torch.Tensor | None:
-        # A compiled model would compile a second graph for a one-sample batch, for the summary alone.
-        return None if self.hparams.compile else example[:1]
-
     def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, vocab) for every position of `tokens` (B, T)."""
         return self.head(self.features(tokens, padding_mask))

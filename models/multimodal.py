@@ -75,7 +75,10 @@ class CLIP(Task):
     text embedding is the normalised mean of its prompts' embeddings, and an image takes the
     class it is most similar to. `litlab predict` classifies images that way.
     The image tower (`image_backbone.*` in checkpoints) loads into FineTune like any backbone.
+    `compile` compiles both towers, as Classifier compiles its backbone.
     """
+
+    compiled_parts = ("image_backbone", "text_backbone")
 
     def __init__(
         self,
@@ -87,6 +90,7 @@ class CLIP(Task):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         schedule: Schedule = "cosine",
         warmup_fraction: float | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__(optimizer=optimizer, schedule=schedule, warmup_fraction=warmup_fraction)
         check_positive("CLIP", embed_dim=embed_dim, temperature=temperature, max_logit_scale=max_logit_scale)

@@ -40,7 +40,10 @@ class SimCLR(Task):
     reads best), and, every
     `knn_every` epochs and at the last, a k-nearest-neighbour vote against the labelled
     training images (`val/knn_acc`), which the data serves as an extra validation dataloader.
+    `compile` compiles the backbone, as Classifier's does.
     """
+
+    compiled_parts = ("backbone",)
 
     def __init__(
         self,
@@ -56,6 +59,7 @@ class SimCLR(Task):
         knn_temperature: float = 0.07,
         knn_every: int = 1,
         projection_batch_norm: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__(optimizer=optimizer, schedule=schedule, warmup_fraction=warmup_fraction)
         for name, value in (("temperature", temperature), ("knn_temperature", knn_temperature)):

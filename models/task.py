@@ -34,6 +34,10 @@ CLASSES = "classes"  # checkpoint entry: the class names of the data the model w
 
 
 class Task(L.LightningModule):
+    # What `compile: true` compiles (a task's backbones), with nn.Module.compile: torch.compile of each
+    # part's forward, its parameters and checkpoint keys unchanged; from the trainer's set-up on.
+    compiled_parts: tuple[str, ...] = ()
+
     def __init__(
         self, optimizer: OptimizerCallable, schedule: Schedule = "constant", warmup_fraction: float | None = None
     ) -> None:
@@ -130,6 +134,7 @@ class Task(L.LightningModule):
         self._check_preprocessing()
         datamodule = self.trainer.datamodule
         self.size_lazy_layers(datamodule)
+        self.compile_parts()
         if stage == "fit" and self.example_input_array is None and hasattr(datamodule, "example_input"):
             # The model summary (before the first epoch) runs one sample forward, without gradients,
             # to give each layer's input and output sizes and its FLOPs; without it, FLOPs read 0.
@@ -152,8 +157,17 @@ class Task(L.LightningModule):
 
     def summary_input(self, example: torch.Tensor) -> torch.Tensor | None:
         """What the model summary runs forward: one sample of the data's `example_input`, or
-        None where a pass of that sample would cost more than the summary is worth."""
-        return example[:1]
+        None where a pass of that sample would cost more than the summary is worth (a compiled
+        model would compile a second graph for a one-sample batch, for the summary alone)."""
+        return None if self.hparams.get("compile") else example[:1]
+
+    def compile_parts(self) -> None:
+        """Compile `compiled_parts` where the task was built with `compile: true`: once, after the lazy
+        layers are sized (a lazy layer would be traced unsized)."""
+        if self.hparams.get("compile") and not getattr(self, "_parts_compiled", False):
+            for name in self.compiled_parts:
+                self.get_submodule(name).compile()
+            self._parts_compiled = True
 
     def size_lazy_layers(self, datamodule) -> None:
         """Size the lazy layers from the data's `example_input` (once; later calls do nothing)."""

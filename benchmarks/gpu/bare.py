@@ -3,7 +3,7 @@
 Each trains the recipe's own network (built from its YAML, as benchmarks/overhead.py builds it) with
 the recipe's optimizer, parameter groups, schedule, batch size and clipping, in the run's precision
 (torch.autocast to bf16 where litlab runs bf16-mixed) and compiled where litlab compiles (the
-language model's features; a Classifier has no `compile`). What a careful hand loop would do and
+language model's features, a classifier's backbone). What a careful hand loop would do and
 litlab's loop does not: one epoch's batches are taken from the training set once and held on the
 device, so no loader and no host-to-device copy is timed. Image augmentation on the device uses
 litlab's own `BatchAugment`, outside autocast, as litlab's `on_after_batch_transfer` does.
@@ -130,7 +130,8 @@ def train(
 def classifier(cfg: dict, data, epochs: int, limit: int | None, setup: Setup) -> dict:
     """models.Classifier's work: backbone -> linear head -> cross entropy (with the recipe's label smoothing)."""
     model_args = cfg["model"]["init_args"]
-    extra = set(model_args) - {"backbone", "optimizer", "schedule", "warmup_fraction", "label_smoothing", "channels_last"}
+    extra = set(model_args) - {"backbone", "optimizer", "schedule", "warmup_fraction", "label_smoothing", "channels_last",
+                               "compile"}
     if cfg["model"]["class_path"] != "models.Classifier" or extra:
         raise ValueError(f"the bare loop mirrors models.Classifier without {sorted(extra)}")
     torch.manual_seed(0)
@@ -141,6 +142,8 @@ def classifier(cfg: dict, data, epochs: int, limit: int | None, setup: Setup) ->
     channels_last = model_args.get("channels_last", False)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    if setup.compile:
+        backbone.compile()  # what Classifier(compile=True) compiles: the backbone, once sized
     batches = epoch_batches(data.train_dataset, data.batch_size, limit, setup.device)
     optimization = configure_optimization(model, build(model_args["optimizer"], call=False),
                                           model_args.get("schedule", "constant"), epochs * len(batches),

@@ -11,7 +11,7 @@ Steps, each in a process of its own with a time limit, in this order:
   experiments/cifar10/resnet_fast.yaml (on CIFAR-10-shaped noise written in the real format) and
   experiments/text/gpt_small.yaml, each against its bare PyTorch loop (benchmarks/gpu/bare.py):
   samples/s (tokens/s for the GPT), MFU and peak memory of the epochs after the first, and the ratio
-  litlab / bare. On CUDA: bf16-mixed, and the GPT compiled; litlab's figures are its speed.csv's;
+  litlab / bare. On CUDA: bf16-mixed, and every recipe compiled; litlab's figures are its speed.csv's;
 - gpt_fsdp: experiments/text/gpt_fsdp.yaml on the one GPU for 200 optimizer steps (needs CUDA).
 
 Without CUDA, or with `--quick`, the sizes are tiny, the steps few, float32, nothing compiled, and

@@ -52,10 +52,10 @@ class Model:
 
 
 MODELS = {
-    "digits_cnn": Model("digits/cnn.yaml", epochs=11, quick_epochs=2),
+    "digits_cnn": Model("digits/cnn.yaml", epochs=11, quick_epochs=2, compile=True),
     # CIFAR-10's shape (50,000 training and 10,000 test images, 32x32x3) in its real files, of noise:
     # nothing can be downloaded there. Quick: 5 x 32 training images, batches of 32.
-    "cifar_resnet20": Model("cifar10/resnet_fast.yaml", epochs=4, quick_epochs=2,
+    "cifar_resnet20": Model("cifar10/resnet_fast.yaml", epochs=4, quick_epochs=2, compile=True,
                             overrides={"data.init_args.download": False},
                             quick_overrides={"data.init_args.batch_size": 32}),
     # Sample prompts off: their generation runs in on_validation_end, which Speed counts as training time.

@@ -67,3 +67,32 @@ def test_the_model_summary_gets_one_sample_of_the_data_and_counts_its_flops():
     assert model.example_input_array.shape == (1, 1, 8, 8)
     linear = sum(2 * m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
     assert ModelSummary(model).total_flops == linear > 0
+
+
+@pytest.mark.slow
+def test_compile_trains_as_eager_does_keeps_the_checkpoint_keys_and_every_task_names_parts_it_has():
+    from models import CLIP, SimCLR
+    from models.backbones import CNN, Transformer
+
+    def fit(compile: bool) -> Classifier:
+        L.seed_everything(0)
+        model = Classifier(backbone=CNN(channels=[8, 16]), num_classes=10, compile=compile,
+                           optimizer=partial(torch.optim.SGD, lr=0.1))
+        trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0, accelerator="cpu")
+        trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
+        return model
+
+    eager, compiled = fit(False), fit(True)
+    # The first layer is lazy: compiled only once it is sized, as the set-up does, and then in use.
+    assert getattr(compiled.backbone, "_compiled_call_impl", None) is not None
+    assert getattr(eager.backbone, "_compiled_call_impl", None) is None
+    assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints load either way
+    for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+    # Each task's compiled parts are modules it has.
+    simclr = SimCLR(backbone=CNN(channels=[8]), compile=True)
+    clip = CLIP(image_backbone=CNN(channels=[8]), text_backbone=Transformer(input="tokens", vocab_size=32, d_model=16,
+                                                                             depth=1, heads=2, max_len=8), compile=True)
+    for task in (simclr, clip):
+        assert all(isinstance(task.get_submodule(part), torch.nn.Module) for part in task.compiled_parts)
