@@ -26,51 +26,30 @@ import tempfile
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="litlab-inductor-")
 
 import argparse
-import contextlib
 import csv
-import gc
-import io
-import logging
 import statistics
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
+from harness import NARROW_GPT, fit as litlab_fit, last_validation, one_thread_in_scratch
 
-from experiments.cli import DEFAULTS, LitlabCLI
+from experiments.cli import DEFAULTS
 
 RECIPES = {
     "digits/mlp": ["--trainer.max_epochs=5"],
     "digits/cnn": ["--trainer.max_epochs=5"],
     "digits/transformer": ["--trainer.max_epochs=5"],
-    "text/gpt_small": ["--model.backbone.d_model=64", "--model.backbone.depth=2", "--model.backbone.max_len=64",
-                       "--data.block_size=64", "--trainer.max_epochs=3", "--trainer.limit_train_batches=60",
-                       "--trainer.limit_val_batches=10", "--model.sample_prompts=null"],
+    "text/gpt_small": [*NARROW_GPT, "--trainer.max_epochs=3", "--trainer.limit_train_batches=60",
+                       "--trainer.limit_val_batches=10"],
 }
 
 
-class TimedCLI(LitlabCLI):
-    def before_fit(self) -> None:
-        gc.collect()
-        self.start = time.perf_counter()
-
-    def after_fit(self) -> None:
-        self.seconds = time.perf_counter() - self.start  # the closing test is not timed
-
-
 def fit(recipe: str, compile: bool, seed: int) -> tuple[float, float, str, float]:
-    args = ["fit", "--config", str(DEFAULTS.parent / f"{recipe}.yaml"), *RECIPES[recipe],
-            f"--model.init_args.compile={str(compile).lower()}", f"--seed_everything={seed}",
-            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
-    with contextlib.redirect_stdout(io.StringIO()):
-        cli = TimedCLI(args=args)
+    cli = litlab_fit(["--config", str(DEFAULTS.parent / f"{recipe}.yaml"), *RECIPES[recipe],
+                      f"--model.init_args.compile={str(compile).lower()}", f"--seed_everything={seed}"])
     last = list(csv.DictReader((Path(cli.trainer.log_dir) / "speed.csv").open()))[-1]
-    metrics = cli.trainer.callback_metrics
-    key = "val/bpb" if "val/bpb" in metrics else "val/acc"
-    return cli.seconds, float(last["train_seconds"]), key, float(metrics[key])
+    return cli.seconds, float(last["train_seconds"]), *last_validation(cli)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,11 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    os.chdir(tempfile.mkdtemp(prefix="litlab-compile-"))
-    sys.argv = sys.argv[:1]
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    one_thread_in_scratch("litlab-compile-")
     results = {(r, c): [] for r in args.recipes for c in (False, True)}
     for recipe in args.recipes:  # untimed, eager: first-call costs are neither side's
         fit(recipe, False, 0)

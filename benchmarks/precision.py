@@ -6,7 +6,7 @@ Each round fits every recipe twice through `litlab fit` in this process, `--trai
 and `bf16-mixed`, the order alternating by round, on one thread, with that round's seed: the digits
 recipes for 10 epochs, `gpt_small.yaml` narrowed as the language-model test narrows it (width 64, 2
 blocks, 64-byte windows) for 150 steps. The time is `trainer.fit` alone (set-up, training, the
-validations, checkpoints); the metric is the last validation's (accuracy, or bits per byte). Prints a
+validations, checkpoints; `benchmarks/harness.py`); the metric is the last validation's (accuracy, or bits per byte). Prints a
 Markdown table: medians over rounds of each precision's time and metric, and the bf16 / 32-bit time
 ratio with min / median / max (below 1: bf16 is faster).
 """
@@ -17,50 +17,27 @@ os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["WANDB_MODE"] = "disabled"
 
 import argparse
-import contextlib
-import gc
-import io
-import logging
 import statistics
 import sys
-import tempfile
-import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+from harness import NARROW_GPT, fit as litlab_fit, last_validation, one_thread_in_scratch
 
-from experiments.cli import DEFAULTS, LitlabCLI
+from experiments.cli import DEFAULTS
 
 RECIPES = {
     "digits/mlp": ["--trainer.max_epochs=10"],
     "digits/cnn": ["--trainer.max_epochs=10"],
     "digits/transformer": ["--trainer.max_epochs=10"],
-    "text/gpt_small": ["--model.backbone.d_model=64", "--model.backbone.depth=2", "--model.backbone.max_len=64",
-                       "--data.block_size=64", "--trainer.max_steps=150", "--trainer.val_check_interval=150",
-                       "--trainer.limit_val_batches=20", "--model.sample_prompts=null"],
+    "text/gpt_small": [*NARROW_GPT, "--trainer.max_steps=150", "--trainer.val_check_interval=150",
+                       "--trainer.limit_val_batches=20"],
 }
 
 
-class TimedCLI(LitlabCLI):
-    def before_fit(self) -> None:
-        gc.collect()
-        self.start = time.perf_counter()
-
-    def after_fit(self) -> None:
-        self.seconds = time.perf_counter() - self.start  # the closing test is not timed
-
-
 def fit(recipe: str, precision: str, seed: int) -> tuple[float, str, float]:
-    args = ["fit", "--config", str(DEFAULTS.parent / f"{recipe}.yaml"), *RECIPES[recipe],
-            f"--trainer.precision={precision}", f"--seed_everything={seed}", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false"]
-    with contextlib.redirect_stdout(io.StringIO()):
-        cli = TimedCLI(args=args)
-    metrics = cli.trainer.callback_metrics
-    key = "val/bpb" if "val/bpb" in metrics else "val/acc"
-    return cli.seconds, key, float(metrics[key])
+    cli = litlab_fit(["--config", str(DEFAULTS.parent / f"{recipe}.yaml"), *RECIPES[recipe],
+                      f"--trainer.precision={precision}", f"--seed_everything={seed}"])
+    return cli.seconds, *last_validation(cli)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,11 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    os.chdir(tempfile.mkdtemp(prefix="litlab-precision-"))
-    sys.argv = sys.argv[:1]
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    one_thread_in_scratch("litlab-precision-")
     precisions = ["32-true", "bf16-mixed"]
     results = {(r, p): [] for r in args.recipes for p in precisions}
     for recipe in args.recipes:  # untimed: first-call costs are not the precision's

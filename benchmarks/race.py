@@ -41,14 +41,11 @@ os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["WANDB_MODE"] = "disabled"
 
 import argparse
-import contextlib
 import csv
 import lzma
 import math
 import zlib
 import gc
-import io
-import logging
 import statistics
 import sys
 import tempfile
@@ -66,37 +63,32 @@ from torch.utils.data import DataLoader
 
 from datamodules import DigitsDataModule
 from datamodules.text import TextDataModule
-from experiments.cli import DEFAULTS, LitlabCLI
+from harness import NARROW_GPT, TimedCLI, fit, one_thread_in_scratch
+
+from experiments.cli import DEFAULTS
 from models.backbones import CNN, Transformer
 from models.lazy import materialize
 from models.optim import configure_optimization
 
 RECIPE = DEFAULTS.parent / "digits" / "cnn.yaml"
 GPT = DEFAULTS.parent / "text" / "gpt_small.yaml"
-# gpt_small.yaml narrowed as tests/models/test_language_model.py narrows it.
+# What the bare loop mirrors of harness.NARROW_GPT and of the recipe.
 NARROW = {"d_model": 64, "depth": 2, "heads": 4, "block": 64, "lr": 0.012, "betas": (0.9, 0.95), "decay": 0.1,
           "warmup": 0.05, "clip": 1.0, "batch": 32}
 CHANNELS, LR, WEIGHT_DECAY, BATCH = [32, 64], 0.003, 0.01, 64  # cnn.yaml's, and defaults.yaml's batch
 
 
-class RaceCLI(LitlabCLI):
-    """LitlabCLI timed from the start of its fit to the end of the closing test."""
-
-    def before_fit(self) -> None:
-        gc.collect()
-        self.start = time.perf_counter()
+class RaceCLI(TimedCLI):
+    """Timed from the start of its fit to the end of the closing test of the best checkpoint."""
 
     def after_fit(self) -> None:
-        super().after_fit()  # the closing test of the best checkpoint
+        super().after_fit()
         self.seconds = time.perf_counter() - self.start
 
 
 def litlab(seed: int, epochs: int) -> tuple[float, float, int]:
-    args = ["fit", "--config", str(RECIPE), f"--seed_everything={seed}", f"--trainer.max_epochs={epochs}",
-            f"--trainer.check_val_every_n_epoch={epochs}", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false"]
-    with contextlib.redirect_stdout(io.StringIO()):
-        cli = RaceCLI(args=args)
+    cli = fit(["--config", str(RECIPE), f"--seed_everything={seed}", f"--trainer.max_epochs={epochs}",
+               f"--trainer.check_val_every_n_epoch={epochs}"], RaceCLI)
     return cli.seconds, float(cli.trainer.callback_metrics["test/acc"]), cli.trainer.global_step
 
 
@@ -148,14 +140,8 @@ def svc(seed: int, data) -> tuple[float, float, int]:
 
 def text_litlab(seed: int, epochs: int) -> list[tuple[float, float]]:
     """(training seconds, validation bits per byte) after each epoch of litlab's fit."""
-    n = NARROW
-    args = ["fit", "--config", str(GPT), f"--seed_everything={seed}", f"--trainer.max_epochs={epochs}",
-            f"--model.backbone.d_model={n['d_model']}", f"--model.backbone.depth={n['depth']}",
-            f"--model.backbone.max_len={n['block']}", f"--data.block_size={n['block']}",
-            f"--model.optimizer.init_args.lr={n['lr']}", "--model.sample_prompts=null",
-            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
-    with contextlib.redirect_stdout(io.StringIO()):
-        cli = LitlabCLI(args=args)
+    cli = fit(["--config", str(GPT), f"--seed_everything={seed}", f"--trainer.max_epochs={epochs}", *NARROW_GPT,
+               f"--model.optimizer.init_args.lr={NARROW['lr']}"])
     run = Path(cli.trainer.log_dir)
     seconds = [float(r["train_seconds"]) for r in csv.DictReader((run / "speed.csv").open())]
     bpb = [float(r["val/bpb"]) for r in csv.DictReader((run / "metrics.csv").open()) if r.get("val/bpb")]
@@ -266,11 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--race", choices=["digits", "text", "both"], default="digits")
     parser.add_argument("--text-epochs", type=int, default=12)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    os.chdir(tempfile.mkdtemp(prefix="litlab-race-"))
-    sys.argv = sys.argv[:1]
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    one_thread_in_scratch("litlab-race-")
     if args.race in ("text", "both"):
         text_race(args.rounds if args.race == "text" else 3, args.text_epochs)
         if args.race == "text":

@@ -324,10 +324,12 @@ def main(args: list[str] | None = None) -> None:
     try:
         if arguments[:1] == ["report"]:
             # Not a training run: a reader of run directories' files, with a parser of its own.
-            from experiments import report, sweep_report
+            from experiments import report
 
             folders = [arg for arg in arguments[1:] if not arg.startswith("-")]
-            if len(folders) == 1 and sweep_report.is_sweep(folders[0]):  # a sweep's folder: what the sweep found
+            if len(folders) == 1 and report.is_sweep(folders[0]):  # a sweep's folder: what the sweep found
+                from experiments import sweep_report
+
                 sweep_report.main(arguments[1:])
             else:
                 report.main(arguments[1:])

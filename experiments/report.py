@@ -54,6 +54,12 @@ def runs_in(path: str) -> list[Path]:
     return [version.parent for version in versions]
 
 
+def is_sweep(folder: str) -> bool:
+    """Whether `folder` is a sweep's (runs/<sweep name>, which `litlab sweep` marks with sweep.json and
+    sweep.yaml): what `litlab report` then reports is experiments/sweep_report.py's."""
+    return (Path(folder) / "sweep.json").is_file() and (Path(folder) / "sweep.yaml").is_file()
+
+
 def named_runs(paths: list[str]) -> list[Path]:
     """Every run the arguments name: run folders, experiments' folders (each of their runs) and
     glob patterns the shell left alone (`'runs/digits-cnn/version_*'`)."""

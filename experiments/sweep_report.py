@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from experiments import sweep as sweeps
+from experiments.report import is_sweep
 from models.errors import ConfigError
 
 
@@ -29,10 +30,6 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("folder", help="the sweep's folder (runs/<sweep name>)")
     parser.add_argument("--storage", help="the study's storage, where the sweep's folder does not name it")
     return parser
-
-
-def is_sweep(folder: str) -> bool:
-    return (Path(folder) / "sweep.json").is_file() and (Path(folder) / "sweep.yaml").is_file()
 
 
 def load(folder: Path, storage: str | None):
