@@ -81,6 +81,9 @@ class LanguageModel(LoRA, Task):
         if own_head:
             self.head = nn.Identity()
             features = backbone.forward_logits
+            # The model's own head (tied to its embedding, or not) writes the logits: AdamW's under Muon.
+            head = backbone.model.get_output_embeddings()
+            self.output_parts.update(f"backbone.{name}" for name, part in backbone.named_modules() if part is head)
         else:
             self.head = nn.Linear(embed.embedding_dim, embed.num_embeddings, bias=False)
             self.head.weight = embed.weight  # tied: one matrix reads tokens in and writes them out

@@ -81,6 +81,7 @@ class SimCLR(Task):
         self.probe = nn.Linear(width, num_classes) if num_classes else None
         self.lr_scales["probe"] = probe_lr_scale
         self.no_decay.add("probe")  # a monitor: decay would bias what it reports about the features
+        self.output_parts.add("probe")
         self.temperature = temperature
         self.knn_k, self.knn_temperature, self.knn_every = knn_k, knn_temperature, knn_every
         self.knn = num_classes is not None and knn_k > 0

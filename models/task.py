@@ -7,7 +7,8 @@ each of them:
   when a part's pretrained weights expect inputs normalised otherwise than the data does; one
   sample of it is the model summary's input, so the summary gives each layer's sizes and FLOPs;
 - the optimizer / schedule / warmup arguments, and `configure_optimizers` through `models/optim.py`;
-- per-part learning-rate scales (`self.lr_scales`) and parts trained without weight decay (`self.no_decay`);
+- per-part learning-rate scales (`self.lr_scales`), parts trained without weight decay (`self.no_decay`)
+  and the parts whose matrices are outputs (`self.output_parts`, left to AdamW by the Muon optimizer);
 - reusable parts: `load_part` fills a submodule from a checkpoint, strictly and safely, and
   `freeze` keeps a submodule fixed (no gradients, no optimizer state, eval mode for the whole run);
 - validation and testing: a task says how a batch is scored (`evaluate(batch, stage)`) and what
@@ -18,6 +19,7 @@ import os
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import Metric
 
@@ -53,6 +55,7 @@ class Task(L.LightningModule):
         self._built_lr: float | None = None  # the `lr` the optimizer was last built with
         self.lr_scales: dict[str, float] = {}
         self.no_decay: set[str] = set()
+        self.output_parts: set[str] = {"head"}  # a task's head writes its outputs: no hidden matrix for Muon
         self.frozen: list[str] = []
         self.classes: list[str] | None = None  # its training data's class names, in label order (saved with it)
 
@@ -266,6 +269,7 @@ class Task(L.LightningModule):
         with without_lightning_info():  # "Loading `train_dataloader` to estimate number of stepping batches."
             steps = int(self.trainer.estimated_stepping_batches)
         return configure_optimization(
-            self, self.optimizer, self.schedule, steps, self.warmup_fraction, self.lr_scales, self.no_decay, self.lr
+            self, self.optimizer, self.schedule, steps, self.warmup_fraction, self.lr_scales, self.no_decay, self.lr,
+            self.output_parts, isinstance(self.trainer.strategy, (FSDPStrategy, ModelParallelStrategy)),
         )
 

@@ -32,8 +32,8 @@ def final_state(run: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "experiment, flags",
-    [("cnn_augment", ["--data.num_workers=2", "--model.backbone.dropout=0.2"]), ("simclr", [])],
-    ids=["per-sample-in-workers", "on-device"],
+    [("cnn_augment", ["--data.num_workers=2", "--model.backbone.dropout=0.2"]), ("simclr", []), ("cnn_muon", [])],
+    ids=["per-sample-in-workers", "on-device", "muon"],
 )
 def test_an_interrupted_fit_resumed_from_last_ckpt_ends_bit_identical(cli, monkeypatch, tmp_path, experiment, flags):
     # A checkpoint every 3 steps: the resume starts in the middle of epoch two.

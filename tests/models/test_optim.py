@@ -1,10 +1,12 @@
+import copy
 from functools import partial
 
 import pytest
 import torch
 from torch import nn
 
-from models.optim import configure_optimization, parameter_groups
+from models.errors import ConfigError
+from models.optim import Muon, configure_optimization, hidden_matrices, parameter_groups
 
 
 def model() -> nn.Module:
@@ -70,3 +72,114 @@ def test_onecycle_peaks_at_the_optimizer_rate():
     peak = seen.index(max(seen))
     assert max(seen) == pytest.approx(0.1, rel=0.01) and 20 <= peak <= 26
     assert seen[0] < 0.01 and seen[-1] < 1e-4
+
+
+# ---- Muon for the hidden matrices, AdamW for the rest ----
+
+
+class Net(nn.Module):
+    """An embedding, a kernel, a hidden matrix, a norm and a head: one of each kind Muon tells apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(5, 6)
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.hidden = nn.Linear(6, 6)
+        self.norm = nn.LayerNorm(6)
+        self.head = nn.Linear(6, 5, bias=False)
+
+    def forward(self, tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens) + self.conv(images).mean(dim=(1, 2, 3))[:, None]
+        return self.head(self.norm(torch.relu(self.hidden(x))))
+
+
+def train(net: Net, optimizer: torch.optim.Optimizer, steps: int, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        tokens, images = torch.randint(0, 5, (4,), generator=g), torch.randn(4, 1, 5, 5, generator=g)
+        loss = nn.functional.cross_entropy(net(tokens, images), torch.randint(0, 5, (4,), generator=g))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def muon_config(net: nn.Module, lr: float | None = None, **kwargs):
+    optimizer = partial(Muon, lr=0.05, adamw_lr=0.01, weight_decay=0.1, **kwargs)
+    return configure_optimization(net, optimizer, "constant", 10, lr=lr, muon_outputs={"head"})
+
+
+def test_muon_takes_the_hidden_matrices_and_kernels_and_leaves_embeddings_heads_and_norms_to_adamw():
+    net = Net()
+    optimizer = muon_config(net)
+    kinds = {id(p): (g["muon"], g["name"]) for g in optimizer.param_groups for p in g["params"]}
+    assert kinds[id(net.conv.weight)] == kinds[id(net.hidden.weight)] == (True, "muon_decay")
+    assert kinds[id(net.embed.weight)] == kinds[id(net.head.weight)] == (False, "adamw_decay")
+    assert kinds[id(net.norm.weight)] == kinds[id(net.hidden.bias)] == (False, "adamw_no_decay")
+    rates = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert rates == {"muon_decay": 0.05, "adamw_decay": 0.01, "adamw_no_decay": 0.01}
+    # A head tied to the embedding is the embedding's, whatever it is called.
+    net.hidden.weight = net.embed.weight
+    assert id(net.embed.weight) not in hidden_matrices(net, {"head"})
+    # A learning rate set over the optimizer's keeps the ratio of AdamW's rate to Muon's.
+    rates = {g["name"]: g["lr"] for g in muon_config(Net(), lr=0.1).param_groups}
+    assert rates == pytest.approx({"muon_decay": 0.1, "adamw_decay": 0.02, "adamw_no_decay": 0.02})
+
+
+def test_muon_steps_as_torch_muon_on_each_kernel_viewed_as_a_matrix_and_as_adamw_on_the_rest():
+    torch.manual_seed(0)
+    net = Net()
+    reference = copy.deepcopy(net)
+    train(net, muon_config(net), steps=3)
+    # The same three steps by torch's own optimizers: Muon on a matrix copy of each kernel.
+    kernel = nn.Parameter(reference.conv.weight.detach().flatten(1).clone())
+    muon = torch.optim.Muon([kernel, reference.hidden.weight], lr=0.05, weight_decay=0.1)
+    rest = [p for n, p in reference.named_parameters() if n not in ("conv.weight", "hidden.weight")]
+    decay = [reference.embed.weight, reference.head.weight]
+    adamw = torch.optim.AdamW([{"params": decay}, {"params": [p for p in rest if all(p is not q for q in decay)],
+                                                   "weight_decay": 0.0}], lr=0.01, betas=(0.9, 0.95), weight_decay=0.1)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        reference.conv.weight.data = kernel.detach().view_as(reference.conv.weight).clone()
+        tokens, images = torch.randint(0, 5, (4,), generator=g), torch.randn(4, 1, 5, 5, generator=g)
+        loss = nn.functional.cross_entropy(reference(tokens, images), torch.randint(0, 5, (4,), generator=g))
+        muon.zero_grad(), adamw.zero_grad()
+        reference.conv.weight.grad = None
+        loss.backward()
+        kernel.grad = reference.conv.weight.grad.flatten(1)
+        muon.step(), adamw.step()
+    reference.conv.weight.data = kernel.detach().view_as(reference.conv.weight).clone()
+    for (name, mine), theirs in zip(net.named_parameters(), reference.parameters()):
+        assert torch.equal(mine, theirs), name
+
+
+def test_muon_resumed_from_its_state_dict_steps_as_the_uninterrupted_optimizer():
+    torch.manual_seed(0)
+    net = Net()
+    resumed = copy.deepcopy(net)
+    optimizer = muon_config(net)
+    train(net, optimizer, steps=2)
+    saved_net, saved = copy.deepcopy(net.state_dict()), copy.deepcopy(optimizer.state_dict())
+    train(net, optimizer, steps=3, seed=1)
+    resumed.load_state_dict(saved_net)
+    again = muon_config(resumed)
+    again.load_state_dict(saved)
+    train(resumed, again, steps=3, seed=1)
+    for (name, a), b in zip(net.named_parameters(), resumed.parameters()):
+        assert torch.equal(a, b), name
+    kernel_state = optimizer.state[net.conv.weight]
+    assert kernel_state["momentum_buffer"].shape == net.conv.weight.shape  # saved in the parameter's own shape
+
+
+def test_muon_given_bare_parameters_takes_those_of_two_or_more_dimensions():
+    net = Net()
+    optimizer = Muon(net.parameters())
+    muon = {id(p) for g in optimizer.param_groups if g["muon"] for p in g["params"]}
+    assert muon == {id(p) for p in net.parameters() if p.ndim >= 2}
+    with pytest.raises(ValueError, match="Muon trains matrices"):
+        Muon([{"params": [net.norm.weight], "muon": True}])
+
+
+def test_muon_refuses_sharded_parameters_in_one_line():
+    with pytest.raises(ConfigError, match="orthogonalises whole matrices.*strategy: ddp"):
+        configure_optimization(Net(), partial(Muon, lr=0.05), "constant", 10, muon_outputs={"head"}, sharded=True)
+    configure_optimization(Net(), partial(torch.optim.AdamW, lr=0.05), "constant", 10, sharded=True)  # others may
