@@ -17,11 +17,11 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from models.contract import IGNORE_INDEX, Batch
 from datamodules.samples import TensorSamples, hide_targets, join, subset, targets_of, whole_batch
-from datamodules.sampling import EachOnce, EpochOrder, ResumableLoader
+from datamodules.sampling import DeviceBatches, EachOnce, EpochOrder, ResumableDeviceBatches, ResumableLoader
 from datamodules.workers import start_server, start_worker, worker_context
 from models.run_state import batches_done, run_seed
 from models.errors import ConfigError
@@ -113,6 +113,10 @@ class DataModule(L.LightningDataModule):
         distillation); they are always in `unlabelled_dataset`.
     batch_size: per device by default; with `batch_scope: global` it is the batch of all devices
         together, divided by the number of processes (it must divide evenly).
+    num_workers: loader processes for samples read or augmented one by one. Samples held as tensors
+        (`TensorSamples`: the digits, MNIST and CIFAR without augmentation, tokenized text) are
+        instead, with num_workers 0, moved to the model's device once and served as batches sliced
+        there (`DeviceBatches`), in the same order as a DataLoader would serve them.
     """
 
     num_classes: int | None = None
@@ -295,19 +299,33 @@ class DataModule(L.LightningDataModule):
             **kwargs,
         )
 
-    def _exact(self, dataset: Dataset) -> DataLoader:
+    def _on_device(self, dataset: Dataset) -> bool:
+        """Whether `dataset`'s batches are sliced on the model's device rather than loaded (see num_workers)."""
+        return isinstance(dataset, TensorSamples) and self.num_workers == 0
+
+    @property
+    def _device(self) -> torch.device:
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+
+    def _exact(self, dataset: Dataset) -> DataLoader | DeviceBatches:
         """Under several processes, every sample is evaluated exactly once. Lightning's default
         sampler pads the last batches by repeating samples, which would count them twice in a
         metric; `EachOnce` leaves the processes a sample apart instead."""
         sampler = None
         if self.world_size > 1:
             sampler = EachOnce(dataset, num_replicas=self.world_size, rank=self.trainer.global_rank)
+        if self._on_device(dataset):
+            return DeviceBatches(dataset.fields, sampler or SequentialSampler(dataset), self.device_batch_size, self._device)
         return self._loader(dataset, sampler)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
         rank = self.trainer.global_rank if self.trainer is not None else 0
         order = EpochOrder(self.train_dataset, self.world_size, rank, shuffle=True, seed=run_seed())
-        loader = self._loader(self.train_dataset, order, ResumableLoader, batches_done=lambda: batches_done(self.trainer))
+        done = lambda: batches_done(self.trainer)  # noqa: E731
+        if self._on_device(self.train_dataset):
+            loader = ResumableDeviceBatches(self.train_dataset.fields, order, self.device_batch_size, self._device, done)
+        else:
+            loader = self._loader(self.train_dataset, order, ResumableLoader, batches_done=done)
         if getattr(self, "_resume_position", None) is not None:
             loader.load_state_dict(self._resume_position)  # once: later loaders start their epoch at 0
             self._resume_position = None

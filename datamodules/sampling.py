@@ -15,10 +15,12 @@ DataModule keeps the state too (its own state is restored before any loader is b
 hands it to the loader it builds.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from models.contract import Batch
 
 
 class EpochOrder(DistributedSampler):
@@ -58,9 +60,29 @@ class EachOnce(DistributedSampler):
         return iter(range(self.rank, self.total_size, self.num_replicas))
 
 
-class ResumableLoader(DataLoader):
-    """A training loader that Lightning resumes mid-epoch. `batches_done()` says how many batches
-    of the current epoch this process has trained on, or None once the epoch is complete."""
+class Resumable:
+    """What a training loader that Lightning resumes mid-epoch keeps: the epoch and the samples of
+    its order already trained on. `batches_done()` says how many batches of the current epoch this
+    process has trained on, or None once the epoch is complete."""
+
+    sampler: EpochOrder
+    batch_size: int
+    batches_done: Callable[[], int | None]
+
+    def state_dict(self) -> dict[str, int]:
+        batches = self.batches_done()
+        if batches is None:
+            return {"epoch": self.sampler.epoch + 1, "samples": 0}
+        return {"epoch": self.sampler.epoch, "samples": batches * self.batch_size * self.sampler.num_replicas}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        # Counted in samples of the epoch's order, so a run may resume on another number of processes.
+        self.sampler.set_epoch(state["epoch"])
+        self.sampler.start = state["samples"]
+
+
+class ResumableLoader(Resumable, DataLoader):
+    """A DataLoader over `sampler`'s order that Lightning resumes mid-epoch (`Resumable`)."""
 
     def __init__(self, dataset: Dataset, sampler: EpochOrder, batches_done: Callable[[], int | None], **kwargs) -> None:
         super().__init__(dataset, sampler=sampler, **kwargs)
@@ -74,13 +96,32 @@ class ResumableLoader(DataLoader):
             self.generator.manual_seed(self.sampler.seed + epoch)  # worker seeds, without touching the global generator
         return super().__iter__()
 
-    def state_dict(self) -> dict[str, int]:
-        batches = self.batches_done()
-        if batches is None:
-            return {"epoch": self.sampler.epoch + 1, "samples": 0}
-        return {"epoch": self.sampler.epoch, "samples": batches * self.batch_size * self.sampler.num_replicas}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        # Counted in samples of the epoch's order, so a run may resume on another number of processes.
-        self.sampler.set_epoch(state["epoch"])
-        self.sampler.start = state["samples"]
+class DeviceBatches:
+    """Batches sliced from samples held as tensors on the model's device, in `sampler`'s order: what a
+    DataLoader over the same samples and sampler yields, batch for batch, without its per-batch
+    machinery or a copy to the device each step. `fields` are moved to `device` once."""
+
+    # As on a DataLoader, which Lightning takes this for: it sets `sampler`'s epoch each epoch.
+    batch_sampler = None
+
+    def __init__(self, fields: dict[str, torch.Tensor], sampler: Sampler, batch_size: int, device: torch.device) -> None:
+        self.fields = {name: t.to(device) for name, t in fields.items()}
+        self.sampler, self.batch_size, self.device = sampler, batch_size, device
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = torch.as_tensor(list(self.sampler), dtype=torch.long, device=self.device)
+        for index in order.split(self.batch_size):
+            yield {name: t[index] for name, t in self.fields.items()}
+
+
+class ResumableDeviceBatches(Resumable, DeviceBatches):
+    """`DeviceBatches` over a training epoch's order (`EpochOrder`) that Lightning resumes mid-epoch."""
+
+    def __init__(self, fields: dict[str, torch.Tensor], sampler: EpochOrder, batch_size: int, device: torch.device,
+                 batches_done: Callable[[], int | None]) -> None:
+        super().__init__(fields, sampler, batch_size, device)
+        self.batches_done = batches_done

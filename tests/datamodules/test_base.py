@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules import IGNORE_INDEX, Augmentation, DataModule, DigitsDataModule, Splits, TensorSamples
 from datamodules.base import split_index
+from datamodules.sampling import DeviceBatches
 from models.errors import ConfigError
 
 FEATURES, CLASSES = 5, 3
@@ -91,7 +92,8 @@ def stub_trainer(world_size: int, accumulate: int = 1) -> SimpleNamespace:
     logger = SimpleNamespace(logged={})
     logger.log_hyperparams = logger.logged.update
     return SimpleNamespace(
-        world_size=world_size, accumulate_grad_batches=accumulate, loggers=[logger], global_rank=0, training=True
+        world_size=world_size, accumulate_grad_batches=accumulate, loggers=[logger], global_rank=0, training=True,
+        strategy=SimpleNamespace(root_device=torch.device("cpu")),
     )
 
 
@@ -273,7 +275,7 @@ def test_a_global_batch_size_that_does_not_divide_is_refused_with_the_numbers():
 @pytest.mark.parametrize("unlabelled", ["drop", "keep"])
 def test_reference_set_is_served_first_and_holds_the_labelled_training_samples(unlabelled):
     dm = ready(label_fraction=0.5, unlabelled=unlabelled, batch_size=10)
-    assert isinstance(dm.val_dataloader(), DataLoader)  # nothing asked for: the validation set alone
+    assert isinstance(dm.val_dataloader(), DeviceBatches)  # nothing asked for: the validation set alone
     dm.request_reference_set()
     loaders = dm.val_dataloader()
     assert isinstance(loaders, list) and len(loaders) == 2
@@ -319,7 +321,8 @@ def test_under_several_processes_evaluation_sees_every_sample_exactly_once():
     seen = {"val": [], "test": []}
     for rank in range(5):
         dm = Features(n=130, val_fraction=0.1)
-        dm.trainer = SimpleNamespace(world_size=5, global_rank=rank, accumulate_grad_batches=1, loggers=[])
+        dm.trainer = SimpleNamespace(world_size=5, global_rank=rank, accumulate_grad_batches=1, loggers=[],
+                                     strategy=SimpleNamespace(root_device=torch.device("cpu")))
         dm.setup("fit")
         for stage, loader in (("val", dm.val_dataloader()), ("test", dm.test_dataloader())):
             seen[stage] += [int(i) for batch in loader for i in batch["index"]]
@@ -410,3 +413,43 @@ def test_folds_take_in_a_validation_split_the_data_brings_and_refuse_too_few_of_
     assert torch.equal(folded[0].test_dataset.fields["input"], plain.test_dataset.fields["input"])
     with pytest.raises(ConfigError, match="data.folds=50 needs at least 50 samples of every class"):
         ready(n=120, folds=50)
+
+
+# ---- samples held as tensors, served from the device ----
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_samples_held_as_tensors_are_served_from_the_device_as_a_loader_serves_them_and_resume_alike(world_size):
+    on_device, loaded = Features(batch_size=16), Features(batch_size=16, tensors=False)  # tensors, or one by one
+    for dm in (on_device, loaded):
+        dm.trainer = stub_trainer(world_size)
+        dm.setup("fit")
+    fast, slow = on_device.train_dataloader(), loaded.train_dataloader()
+    assert isinstance(fast, DeviceBatches) and isinstance(slow, DataLoader) and len(fast) == len(slow)
+
+    def same(a, b) -> bool:
+        a, b = list(a), list(b)
+        return len(a) == len(b) and all(x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x) for x, y in zip(a, b))
+
+    for epoch in (0, 1):  # Lightning sets each sampler's epoch
+        fast.sampler.set_epoch(epoch), slow.sampler.set_epoch(epoch)
+        assert same(fast, slow)
+    # Resumed two batches into epoch 1, as a checkpoint says.
+    fast.load_state_dict({"epoch": 1, "samples": 32 * world_size}), slow.load_state_dict({"epoch": 1, "samples": 32 * world_size})
+    assert same(fast, slow) and len(list(iter(fast))) == len(fast)  # the next epoch starts at its beginning
+    assert same(on_device.val_dataloader(), loaded.val_dataloader())
+    assert same(on_device.test_dataloader(), loaded.test_dataloader())
+
+
+def test_tensors_are_moved_to_the_models_device_once_and_loader_workers_keep_a_dataloader():
+    dm = Features(batch_size=16)
+    dm.trainer = stub_trainer(1)
+    dm.trainer.strategy.root_device = torch.device("meta")  # shapes only: where the batches come from
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert all(t.device.type == "meta" for t in loader.fields.values())
+    assert next(iter(loader))["input"].device.type == "meta"
+    workers = Features(batch_size=16, num_workers=1)
+    workers.trainer = stub_trainer(1)
+    workers.setup("fit")
+    assert isinstance(workers.train_dataloader(), DataLoader) and isinstance(workers.test_dataloader(), DataLoader)
