@@ -28,9 +28,11 @@ The text race: `experiments/text/gpt_small.yaml` narrowed as the language-model 
 are zlib -9's and xz -9e's bits per byte on the validation split's text. Both sides measure the
 validation split's bits per byte after every epoch; the clock counts training alone (litlab's
 `speed.csv` train_seconds, which leave out validation and checkpoints; the bare loop's epochs,
-timed without its evaluation), summed up to the first epoch under each target. The bare loop:
+timed without its evaluation), summed up to the first epoch under each target. litlab runs twice:
+as gpt_small.yaml (AdamW, as the bare loop), and as `gpt_muon.yaml`, its fastest recipe (Muon for the
+blocks' matrices, AdamW at the same rate for the rest), narrowed the same way. The bare loop:
 the same model, parameter groups, AdamW, warmup and cosine schedule, clipping, batches of the same
-windows in a seeded shuffled order, tied head and cross entropy, nothing else. Rounds alternate
+windows in a seeded shuffled order, tied head and cross entropy, nothing else. Rounds rotate
 which side goes first; the table gives each side's time to each target (median, min / max) and
 litlab's over the bare loop's.
 """
@@ -72,6 +74,7 @@ from models.optim import configure_optimization
 
 RECIPE = DEFAULTS.parent / "digits" / "cnn.yaml"
 GPT = DEFAULTS.parent / "text" / "gpt_small.yaml"
+GPT_MUON = DEFAULTS.parent / "text" / "gpt_muon.yaml"
 # What the bare loop mirrors of harness.NARROW_GPT and of the recipe.
 NARROW = {"d_model": 64, "depth": 2, "heads": 4, "block": 64, "lr": 0.012, "betas": (0.9, 0.95), "decay": 0.1,
           "warmup": 0.05, "clip": 1.0, "batch": 32}
@@ -138,10 +141,12 @@ def svc(seed: int, data) -> tuple[float, float, int]:
     return time.perf_counter() - start, accuracy, 0
 
 
-def text_litlab(seed: int, epochs: int) -> list[tuple[float, float]]:
-    """(training seconds, validation bits per byte) after each epoch of litlab's fit."""
-    cli = fit(["--config", str(GPT), f"--seed_everything={seed}", f"--trainer.max_epochs={epochs}", *NARROW_GPT,
-               f"--model.optimizer.init_args.lr={NARROW['lr']}"])
+def text_litlab(seed: int, epochs: int, muon: bool = False) -> list[tuple[float, float]]:
+    """(training seconds, validation bits per byte) after each epoch of litlab's fit: gpt_small.yaml, or
+    with `muon` gpt_muon.yaml (Muon for the blocks' matrices, its AdamW groups at the same rate)."""
+    rate = f"--model.optimizer.init_args.{'adamw_lr' if muon else 'lr'}={NARROW['lr']}"
+    cli = fit(["--config", str(GPT_MUON if muon else GPT), f"--seed_everything={seed}", f"--trainer.max_epochs={epochs}",
+               *NARROW_GPT, rate])
     run = Path(cli.trainer.log_dir)
     seconds = [float(r["train_seconds"]) for r in csv.DictReader((run / "speed.csv").open())]
     bpb = [float(r["val/bpb"]) for r in csv.DictReader((run / "metrics.csv").open()) if r.get("val/bpb")]
@@ -214,11 +219,13 @@ def text_race(rounds: int, epochs: int) -> None:
         held = path.read_bytes()[start:end]  # bytes: one token a byte
         targets = {"zlib -9": 8 * len(zlib.compress(held, 9)) / len(held),
                     "xz -9e": 8 * len(lzma.compress(held, preset=9 | lzma.PRESET_EXTREME)) / len(held)}
-        results = {"litlab": [], "bare loop": []}
+        sides = {"litlab": lambda seed: text_litlab(seed, epochs), "litlab, Muon": lambda seed: text_litlab(seed, epochs, True),
+                 "bare loop": lambda seed: text_bare(seed, epochs, data)}
+        results = {side: [] for side in sides}
         for round_ in range(rounds):
-            order = ["litlab", "bare loop"] if round_ % 2 == 0 else ["bare loop", "litlab"]
+            order = list(sides)[round_ % 3:] + list(sides)[:round_ % 3]  # each side first in turn
             for side in order:
-                results[side].append(text_litlab(round_, epochs) if side == "litlab" else text_bare(round_, epochs, data))
+                results[side].append(sides[side](round_))
             print(f"round {round_}: " + "; ".join(f"{side} bpb " + " ".join(f"{b:.3f}" for _, b in rows[-1])
                                                  for side, rows in results.items()), file=sys.stderr, flush=True)
     print(f"\nthe embedded corpus, validation split ({len(held):,} bytes): " + ", ".join(
@@ -236,12 +243,13 @@ def text_race(rounds: int, epochs: int) -> None:
                          if times else f"not reached; 0 of {len(rows)}")
         best = statistics.median(min(b for _, b in r) for r in rows)
         print(f"| {side} | {best:.3f} | " + " | ".join(cells) + " |")
-    for name, target in targets.items():
-        pairs = [(time_to(a, target), time_to(b, target)) for a, b in zip(results["litlab"], results["bare loop"])]
-        ratios = [a / b for a, b in pairs if a is not None and b is not None]
-        if ratios:
-            print(f"\nlitlab / bare loop to below {name}: {min(ratios):.2f} / {statistics.median(ratios):.2f} / "
-                  f"{max(ratios):.2f} (min / median / max over {len(ratios)} rounds both reached it)")
+    for side in ("litlab", "litlab, Muon"):
+        for name, target in targets.items():
+            pairs = [(time_to(a, target), time_to(b, target)) for a, b in zip(results[side], results["bare loop"])]
+            ratios = [a / b for a, b in pairs if a is not None and b is not None]
+            if ratios:
+                print(f"\n{side} / bare loop to below {name}: {min(ratios):.2f} / {statistics.median(ratios):.2f} / "
+                      f"{max(ratios):.2f} (min / median / max over {len(ratios)} rounds both reached it)")
 
 
 def main(argv: list[str] | None = None) -> None:
