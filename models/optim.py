@@ -131,6 +131,7 @@ class Muon(torch.optim.Optimizer):
                       {"params": [p for p in groups if p.ndim < 2], "muon": False}]
             groups = [g for g in groups if g["params"]]
         for group in groups:
+            group["params"] = list(group["params"]) if not isinstance(group["params"], torch.Tensor) else [group["params"]]
             group.setdefault("muon", all(p.ndim >= 2 for p in group["params"]))
             if not group["muon"]:
                 group.setdefault("lr", adamw_lr)  # the tasks' learning-rate scales apply on top
