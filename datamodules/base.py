@@ -315,7 +315,7 @@ class DataModule(L.LightningDataModule):
         if self.world_size > 1:
             sampler = EachOnce(dataset, num_replicas=self.world_size, rank=self.trainer.global_rank)
         if self._on_device(dataset):
-            return DeviceBatches(dataset.fields, sampler or SequentialSampler(dataset), self.device_batch_size, self._device)
+            return DeviceBatches(dataset, sampler or SequentialSampler(dataset), self.device_batch_size, self._device)
         return self._loader(dataset, sampler)
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
@@ -323,7 +323,7 @@ class DataModule(L.LightningDataModule):
         order = EpochOrder(self.train_dataset, self.world_size, rank, shuffle=True, seed=run_seed())
         done = lambda: batches_done(self.trainer)  # noqa: E731
         if self._on_device(self.train_dataset):
-            loader = ResumableDeviceBatches(self.train_dataset.fields, order, self.device_batch_size, self._device, done)
+            loader = ResumableDeviceBatches(self.train_dataset, order, self.device_batch_size, self._device, done)
         else:
             loader = self._loader(self.train_dataset, order, ResumableLoader, batches_done=done)
         if getattr(self, "_resume_position", None) is not None:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from datamodules.samples import TensorSamples
 from models.contract import Batch
 
 
@@ -100,13 +101,14 @@ class ResumableLoader(Resumable, DataLoader):
 class DeviceBatches:
     """Batches sliced from samples held as tensors on the model's device, in `sampler`'s order: what a
     DataLoader over the same samples and sampler yields, batch for batch, without its per-batch
-    machinery or a copy to the device each step. `fields` are moved to `device` once."""
+    machinery or a copy to the device each step. The samples are moved to `device` once."""
 
     # As on a DataLoader, which Lightning takes this for: it sets `sampler`'s epoch each epoch.
     batch_sampler = None
 
-    def __init__(self, fields: dict[str, torch.Tensor], sampler: Sampler, batch_size: int, device: torch.device) -> None:
-        self.fields = {name: t.to(device) for name, t in fields.items()}
+    def __init__(self, dataset: TensorSamples, sampler: Sampler, batch_size: int, device: torch.device) -> None:
+        self.dataset = dataset  # as a DataLoader's: the samples served, where they were
+        self.fields = {name: t.to(device) for name, t in dataset.fields.items()}
         self.sampler, self.batch_size, self.device = sampler, batch_size, device
 
     def __len__(self) -> int:
@@ -121,7 +123,7 @@ class DeviceBatches:
 class ResumableDeviceBatches(Resumable, DeviceBatches):
     """`DeviceBatches` over a training epoch's order (`EpochOrder`) that Lightning resumes mid-epoch."""
 
-    def __init__(self, fields: dict[str, torch.Tensor], sampler: EpochOrder, batch_size: int, device: torch.device,
+    def __init__(self, dataset: TensorSamples, sampler: EpochOrder, batch_size: int, device: torch.device,
                  batches_done: Callable[[], int | None]) -> None:
-        super().__init__(fields, sampler, batch_size, device)
+        super().__init__(dataset, sampler, batch_size, device)
         self.batches_done = batches_done
