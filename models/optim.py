@@ -143,9 +143,9 @@ class Muon(torch.optim.Optimizer):
         muon = [g for g in self.param_groups if g["muon"]]
         for group in muon:
             for p in group["params"]:
-                if p.ndim < 2 or not p.is_contiguous():
-                    raise ValueError(f"Muon trains matrices and contiguous kernels; got a parameter of shape {tuple(p.shape)}"
-                                     + ("" if p.ndim >= 2 else "; give it to a group with muon: False"))
+                if p.ndim < 2:
+                    raise ValueError(f"Muon trains matrices and kernels; got a parameter of shape {tuple(p.shape)}; "
+                                     "give it to a group with muon: False")
         self._muon = torch.optim.Muon([torch.zeros(1, 1)], lr=lr, momentum=momentum, nesterov=nesterov,
                                       ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn, weight_decay=weight_decay)
         self._adamw = torch.optim.AdamW([torch.zeros(1)], lr=adamw_lr, betas=betas, eps=eps, weight_decay=weight_decay)
@@ -156,7 +156,7 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        muon_groups, adamw_groups = [], []
+        muon_groups, adamw_groups, copies = [], [], []
         self._muon.state.clear()
         for group in self.param_groups:
             if not group["muon"]:
@@ -170,7 +170,12 @@ class Muon(torch.optim.Optimizer):
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                view = p.detach().view(p.shape[0], -1)  # shares p's storage: Muon's in-place update is p's
+                # A view sharing p's storage, so Muon's in-place update is p's; a kernel in another
+                # memory format (channels_last) is updated in a contiguous copy, then copied back.
+                work = p.detach() if p.is_contiguous() else p.detach().contiguous()
+                if not p.is_contiguous():
+                    copies.append((p, work))
+                view = work.view(p.shape[0], -1)
                 view.grad = p.grad.reshape(view.shape)
                 self._muon.state[view] = {"momentum_buffer": state["momentum_buffer"].view(view.shape)}
                 views.append(view)
@@ -181,6 +186,8 @@ class Muon(torch.optim.Optimizer):
             self._muon.param_groups = muon_groups
             self._muon.step()
             self._muon.state.clear()
+            for p, work in copies:
+                p.copy_(work)
         if adamw_groups:
             self._adamw.param_groups = adamw_groups
             self._adamw.state = self.state  # keyed by the parameters themselves, so shared as it is

@@ -179,6 +179,22 @@ def test_muon_given_bare_parameters_takes_those_of_two_or_more_dimensions():
         Muon([{"params": [net.norm.weight], "muon": True}])
 
 
+def test_muon_updates_a_channels_last_kernel_as_a_contiguous_one():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 4, 3)
+    other = copy.deepcopy(conv).to(memory_format=torch.channels_last)  # the kernel stored NHWC
+    assert not other.weight.is_contiguous()
+    images = torch.randn(3, 2, 5, 5)
+    for net in (conv, other):
+        optimizer = Muon(net.parameters(), lr=0.05)
+        for _ in range(3):
+            optimizer.zero_grad()
+            net(images).square().mean().backward()
+            optimizer.step()
+    assert not other.weight.is_contiguous()  # still NHWC, updated in place
+    assert torch.allclose(conv.weight, other.weight, atol=1e-6) and torch.allclose(conv.bias, other.bias, atol=1e-6)
+
+
 def test_muon_refuses_sharded_parameters_in_one_line():
     with pytest.raises(ConfigError, match="orthogonalises whole matrices.*strategy: ddp"):
         configure_optimization(Net(), partial(Muon, lr=0.05), "constant", 10, muon_outputs={"head"}, sharded=True)
