@@ -326,6 +326,7 @@ def test_the_pages_document_litlab_commands():
     assert {c.args[0] for c in COMMANDS} >= {*TRAINER_SUBCOMMANDS, "report"}
 
 
+@pytest.mark.slow  # a parse each, a fifth of a second: a third of the fast tier's time, left to make test
 @pytest.mark.parametrize("command", COMMANDS, ids=[c.id for c in COMMANDS])
 def test_every_documented_command_parses(command: Command, at_root: Path):
     args = list(command.args)
