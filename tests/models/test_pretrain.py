@@ -58,10 +58,11 @@ def test_simclr_pretraining_beats_training_from_scratch_on_few_labels(cli):
     assert float([r for r in rows if r.get("val/knn_acc")][-1]["val/knn_acc"]) > 0.9  # the monitors see a useful representation
     assert simclr.trainer.callback_metrics["test/probe_acc"] > 0.8  # and the probe, tested once on the test split
     scratch, pretrained, adapted = [], [], []
-    for seed in (0, 1):
+    for seed in (0, 1, 2):
         finetune = ["fit", "--config", str(DIGITS / "finetune.yaml"), f"--seed_everything={seed}"]
         pretrained.append(float(cli(*finetune).trainer.callback_metrics["test/acc"]))
-        scratch.append(float(cli(*finetune, "--model.checkpoint=null").trainer.callback_metrics["test/acc"]))
+        if seed < 2:  # scratch on two seeds: the gain is large
+            scratch.append(float(cli(*finetune, "--model.checkpoint=null").trainer.callback_metrics["test/acc"]))
         # finetune_lora.yaml from the same SimCLR run: rank-2 adapters and the head, 4.8% of the parameters.
         run = cli("fit", "--config", str(DIGITS / "finetune_lora.yaml"), f"--seed_everything={seed}")
         adapted.append(float(run.trainer.callback_metrics["test/acc"]))
@@ -69,14 +70,13 @@ def test_simclr_pretraining_beats_training_from_scratch_on_few_labels(cli):
         assert trained <= 0.05 * sum(p.numel() for p in run.model.parameters())
     print(f"scratch {scratch} pretrained {pretrained} lora {adapted}")
     # Measured: scratch 90.8 / 90.6 / 90.3, pretrained 97.2 / 95.8 / 96.1 (fine-tuning seeds 0, 1, 2),
-    # a 5.8-point mean gain (2.2 under the previous training order). The test runs seeds 0 and 1 (5.8 points)
-    # for two thirds of the fine-tuning cost, held to what was real under both orders: better on every
-    # seed, by at least one point on average.
+    # a 5.8-point mean gain (2.2 under the previous training order). Scratch runs seeds 0 and 1 (5.8
+    # points), held to what was real under both orders: better on every seed, by at least one point on average.
     assert all(p > s for p, s in zip(pretrained, scratch))
-    assert statistics.mean(pretrained) - statistics.mean(scratch) >= 0.01
-    # LoRA measured 94.2 / 92.8 / 95.8 against full fine-tuning's 97.2 / 95.8 / 96.1 (seeds 0, 1, 2): 2.1 points
-    # behind over three seeds, 3.1 over the two the test runs; held to 3.5 points, and above scratch on each seed.
-    assert statistics.mean(adapted) >= statistics.mean(pretrained) - 0.035
+    assert statistics.mean(pretrained[:2]) - statistics.mean(scratch) >= 0.01
+    # LoRA measured 94.7 / 94.4 / 95.3 against full fine-tuning's 97.2 / 95.8 / 96.1: 1.6 points behind
+    # over the three seeds, within the 2 the claim asks; and above scratch on each seed.
+    assert statistics.mean(adapted) >= statistics.mean(pretrained) - 0.02
     assert all(a > s for a, s in zip(adapted, scratch))
 
 
