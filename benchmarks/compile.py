@@ -32,9 +32,8 @@ import sys
 from pathlib import Path
 
 import torch
-from harness import NARROW_GPT, fit as litlab_fit, last_validation, one_thread_in_scratch
+from harness import NARROW_GPT, fit_recipe, last_validation, one_thread_in_scratch
 
-from experiments.cli import DEFAULTS
 
 RECIPES = {
     "digits/mlp": ["--trainer.max_epochs=5"],
@@ -46,8 +45,7 @@ RECIPES = {
 
 
 def fit(recipe: str, compile: bool, seed: int) -> tuple[float, float, str, float]:
-    cli = litlab_fit(["--config", str(DEFAULTS.parent / f"{recipe}.yaml"), *RECIPES[recipe],
-                      f"--model.init_args.compile={str(compile).lower()}", f"--seed_everything={seed}"])
+    cli = fit_recipe(recipe, [*RECIPES[recipe], f"--model.init_args.compile={str(compile).lower()}"], seed)
     last = list(csv.DictReader((Path(cli.trainer.log_dir) / "speed.csv").open()))[-1]
     return cli.seconds, float(last["train_seconds"]), *last_validation(cli)
 

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from experiments.cli import LitlabCLI
+from experiments.cli import DEFAULTS, LitlabCLI
 
 QUIET = ("--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false")
 # gpt_small.yaml narrowed as tests/models/test_language_model.py narrows it.
@@ -42,6 +42,11 @@ def fit(args: list[str], cli: type[LitlabCLI] = TimedCLI) -> LitlabCLI:
     """`litlab fit ARGS` in this process, its progress bar, summary and closing lines kept off the table."""
     with contextlib.redirect_stdout(io.StringIO()):
         return cli(args=["fit", *args, *QUIET])
+
+
+def fit_recipe(recipe: str, flags: list[str], seed: int) -> TimedCLI:
+    """`litlab fit` of experiments/RECIPE.yaml (`digits/cnn`) with FLAGS and `seed`, as `fit` runs it."""
+    return fit(["--config", str(DEFAULTS.parent / f"{recipe}.yaml"), *flags, f"--seed_everything={seed}"])
 
 
 def last_validation(cli: TimedCLI) -> tuple[str, float]:

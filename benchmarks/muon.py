@@ -24,9 +24,8 @@ import statistics
 import sys
 
 import torch
-from harness import NARROW_GPT, fit, one_thread_in_scratch
+from harness import NARROW_GPT, fit_recipe, one_thread_in_scratch
 
-from experiments.cli import DEFAULTS
 
 NARROW = [*NARROW_GPT, "--trainer.max_epochs=6"]
 PAIRS = {  # name: (metric, (AdamW recipe, its flags), (Muon recipe, its flags))
@@ -41,7 +40,7 @@ PAIRS = {  # name: (metric, (AdamW recipe, its flags), (Muon recipe, its flags))
 
 
 def run(recipe: str, flags: list[str], seed: int, metric: str) -> tuple[float, float, float, int]:
-    cli = fit(["--config", str(DEFAULTS.parent / f"{recipe}.yaml"), *flags, f"--seed_everything={seed}"])
+    cli = fit_recipe(recipe, flags, seed)
     tested = cli.trainer.callback_metrics
     return float(tested[metric]), float(tested["test/loss"]), cli.seconds, cli.trainer.global_step
 

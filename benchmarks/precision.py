@@ -21,9 +21,8 @@ import statistics
 import sys
 
 import torch
-from harness import NARROW_GPT, fit as litlab_fit, last_validation, one_thread_in_scratch
+from harness import NARROW_GPT, fit_recipe, last_validation, one_thread_in_scratch
 
-from experiments.cli import DEFAULTS
 
 RECIPES = {
     "digits/mlp": ["--trainer.max_epochs=10"],
@@ -35,8 +34,7 @@ RECIPES = {
 
 
 def fit(recipe: str, precision: str, seed: int) -> tuple[float, str, float]:
-    cli = litlab_fit(["--config", str(DEFAULTS.parent / f"{recipe}.yaml"), *RECIPES[recipe],
-                      f"--trainer.precision={precision}", f"--seed_everything={seed}"])
+    cli = fit_recipe(recipe, [*RECIPES[recipe], f"--trainer.precision={precision}"], seed)
     return cli.seconds, *last_validation(cli)
 
 
