@@ -17,7 +17,10 @@ rate of a 1024 x 1024 matrix product in the run's dtype on the run's threads, an
 `~/.cache/litlab/cpu_peak.json`. Speed lives in its own file, not in metrics.csv: a resumed
 run's metrics equal the uninterrupted run's to the byte, and times never do.
 
-Counting FLOPs observes the first batch without changing it. A compiled model is not counted
+Counting runs the first batch under PyTorch's dispatch mode, where some kernels take another path
+and round differently (a Hugging Face model's attention on a CPU, in the last bits). The count is
+saved in checkpoints, so a resumed fit does not count again: each of its batches is computed as in
+the uninterrupted run, which counted its first. A compiled model is not counted
 (the counter would see the compiler's work, not the model's): its FLOPs and MFU are left empty.
 """
 
@@ -129,6 +132,12 @@ class Speed(L.Callback):
         self.last: dict | None = None  # the last epoch's row
         self._counter: FlopCounterMode | None = None
         self._restart()
+
+    def state_dict(self) -> dict:
+        return {"flops": self.flops}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.flops = state_dict.get("flops")  # absent from a checkpoint of an older litlab: counted again
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         device = pl_module.device

@@ -35,6 +35,9 @@ def test_each_epoch_reports_the_mlps_flops_its_speed_and_memory_apart_from_its_m
         assert float(r["samples_per_s"]) == pytest.approx(steps * b / seconds, rel=1e-9)
         assert float(r["mfu"]) == pytest.approx(expected * steps / seconds / float(r["peak_flops"]), rel=1e-9)
         assert 0 < float(r["mfu"]) < 1 and float(r["peak_memory_gb"]) > 0.05 and r["tokens_per_s"] == ""
+    # The count is checkpointed: a resumed fit does not count again (its first batch would round otherwise).
+    saved = torch.load(Path(run.trainer.log_dir) / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
+    assert [state for key, state in saved.items() if key.startswith("Speed")] == [{"flops": expected}]
     with open(Path(run.trainer.log_dir) / "metrics.csv") as f:  # metrics a resumed run reproduces to the byte
         speed_only = set(FIELDS) - {"epoch", "step"}
         assert not any(key in speed_only or key.startswith("speed") for key in next(csv.reader(f)))
