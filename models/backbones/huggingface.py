@@ -136,7 +136,10 @@ class HuggingFace(nn.Module):
             ) from None
         self.lm_head = lm_head
         self.quantize = quantize
-        self.model = model
+        # from_pretrained leaves the model in eval mode, and Lightning keeps each module's mode through a
+        # fit: dropout would stay off and gradient checkpointing (active in training mode only) unused.
+        # Built in training mode, as every module is; the task switches it from there.
+        self.model = model.train()
         if getattr(self.encoder, "pooler", None) is not None:
             self.encoder.pooler = None  # the model's own pooler is not litlab's pooling, and would get no gradient
         if gradient_checkpointing:
