@@ -115,6 +115,16 @@ def test_from_an_architecture_with_overrides_and_the_datas_vocabulary(tmp_path):
         HuggingFace(name=saved(tmp_path, TEXT["bert"]), vocab_size=300)
 
 
+def test_pretrained_weights_are_built_in_training_mode_with_their_dropout_on(tmp_path):
+    # from_pretrained returns a model in eval mode, and Lightning keeps each module's mode through a fit.
+    model = HuggingFace(name=saved(tmp_path, TEXT["bert"]))
+    assert all(module.training for module in model.modules())
+    tokens, padding = tokens_and_padding()
+    assert not torch.equal(model(tokens, padding), model(tokens, padding))  # BERT's dropout of 0.1
+    model.eval()
+    assert torch.equal(model(tokens, padding), model(tokens, padding))
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
     folder = saved(tmp_path, TEXT["bert"])
     tokens, padding = tokens_and_padding()
