@@ -24,6 +24,7 @@ folds an adapter into its layer's weight. The backbone stays the plain module it
 
 import hashlib
 import importlib
+import math
 import os
 from pathlib import Path
 
@@ -165,6 +166,8 @@ def merge(backbone: nn.Module) -> int:
     """Fold every adapter of `backbone` into its layer and put the plain layer back; returns how many."""
     tuner = _tuner_layer()
     adapted = [(name, m) for name, m in backbone.named_modules() if isinstance(m, tuner)]
+    if getattr(backbone, "quantize", None):
+        return _merge_quantized(backbone, adapted)
     for name, layer in adapted:
         layer.merge(safe_merge=True)  # refuses to write NaNs into the base
         backbone.set_submodule(name, layer.get_base_layer())
@@ -172,6 +175,33 @@ def merge(backbone: nn.Module) -> int:
     if "peft_config" in vars(root):  # peft's note of its settings on the model it adapted
         del root.peft_config
     return len(adapted)
+
+
+def _merge_quantized(backbone: nn.Module, adapted: list[tuple[str, nn.Module]]) -> int:
+    """QLoRA's merge: a float32 model out, not a 4-bit one (folding an adapter into a 4-bit weight rounds the
+    sum back to 4 bits, and the adapters' small steps with it). Each adapter's delta weight is taken, the base
+    is dequantized to float32 by transformers (the very NF4 values the adapters were trained beside, in plain
+    nn.Linear layers, its config no longer quantized), and the delta is added."""
+    deltas = {}
+    for name, layer in adapted:
+        deltas[name] = sum(layer.get_delta_weight(adapter).float() for adapter in layer.active_adapters)
+        backbone.set_submodule(name, layer.get_base_layer())
+    model = adapter_root(backbone)
+    if "peft_config" in vars(model):
+        del model.peft_config
+    with torch.no_grad():
+        model.dequantize(dtype=torch.float32)
+        for name, delta in deltas.items():
+            backbone.get_submodule(name).weight += delta.to(backbone.get_submodule(name).weight.device)
+    backbone.quantize = None
+    return len(adapted)
+
+
+def count(parameter: torch.Tensor) -> int:
+    """How many weights `parameter` holds: a 4-bit one (bitsandbytes) packs two a byte, and its
+    quantization state keeps the shape it was quantized from."""
+    state = getattr(parameter, "quant_state", None)
+    return math.prod(state.shape) if state is not None else parameter.numel()
 
 
 def base_state(backbone: nn.Module) -> dict[str, torch.Tensor]:
@@ -323,11 +353,10 @@ class LoRA:
         """Adapt the backbone; `base_file` is where its weights were read from (None: as built);
         `frozen_parts` are other parts that belong to the base (a language model's tied head)."""
         if getattr(self.backbone, "quantize", None):
-            # QLoRA: peft's preparation of a quantized model (norms in float32, inputs that carry gradients
-            # into checkpointed blocks) before its adapters are added.
-            model = self.backbone.model
-            _peft().prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=bool(getattr(model, "is_gradient_checkpointing", False)))
+            # QLoRA: peft's preparation of a quantized model (what is not 4-bit in float32) before its adapters
+            # are added. Checkpointing stays as the backbone set it (non-reentrant, which needs no inputs
+            # made to carry gradients).
+            _peft().prepare_model_for_kbit_training(self.backbone.model, use_gradient_checkpointing=False)
         modules = add_adapters(self.backbone, rank, alpha, dropout, targets)
         for part in frozen_parts:
             for p in self.get_submodule(part).parameters():
@@ -389,8 +418,8 @@ class LoRA:
         super().on_fit_start()
         if self.lora is None:
             return
-        total = sum(p.numel() for p in self.parameters())
-        trained = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(count(p) for p in self.parameters())
+        trained = sum(count(p) for p in self.parameters() if p.requires_grad)
         names = sorted({name.rsplit(".", 1)[-1] for name in self.lora["modules"]})
         if any(name.isdigit() for name in names):  # layers of an nn.Sequential: their whole names say more
             names = self.lora["modules"]
@@ -426,5 +455,9 @@ class LoRA:
                               "trained in, or start LoRA from it with model.checkpoint.")
         check_same_base(checkpoint[LORA]["base"], self.lora_base(), "This LoRA checkpoint")
         # Lightning loads the state dict strictly after this hook: the base comes from the model as built.
+        # Only its parameters and buffers: a 4-bit layer's state dict also holds its quantization state,
+        # which load_state_dict does not take back (the weight it belongs to stays as loaded).
         own = self.state_dict()
-        checkpoint["state_dict"].update({key: own[key] for key in self._lora_base_keys})
+        tensors = {name for name, _ in self.named_parameters(remove_duplicate=False)}
+        tensors |= {name for name, _ in self.named_buffers(remove_duplicate=False)}
+        checkpoint["state_dict"].update({key: own[key] for key in self._lora_base_keys if key in tensors})

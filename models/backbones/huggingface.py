@@ -16,6 +16,7 @@ weights_only=True)`, which unpickles tensors and plain values alone.
 
 import contextlib
 import importlib
+import importlib.metadata
 import importlib.util
 import inspect
 import logging
@@ -85,8 +86,9 @@ class HuggingFace(nn.Module):
     gradient_checkpointing: recompute each block's activations in the backward pass instead of
         keeping them: less memory, about a third more compute.
     revision: the Hub revision (branch, tag or commit) to load.
-    quantize: `4bit` loads the pretrained weights quantized to 4-bit NF4 through bitsandbytes, on a
-        CUDA GPU, for QLoRA: only `mode: lora` trains such a base (its adapters in bf16 beside it).
+    quantize: `4bit` loads the pretrained weights quantized to 4-bit NF4 through bitsandbytes, for
+        QLoRA: only `mode: lora` trains such a base. On a CUDA GPU it computes in bf16; without one,
+        on the CPU (bitsandbytes 0.50 or newer), in float32.
     """
 
     def __init__(
@@ -140,6 +142,13 @@ class HuggingFace(nn.Module):
         # fit: dropout would stay off and gradient checkpointing (active in training mode only) unused.
         # Built in training mode, as every module is; the task switches it from there.
         self.model = model.train()
+        if quantize and not torch.cuda.is_available():
+            for module in model.modules():
+                if hasattr(module, "support_avx512bf16_for_cpu"):
+                    # bitsandbytes' CPU inference would repack a 4-bit weight, on its first forward in eval
+                    # mode, into a layout for a bf16 kernel that its training and dequantizing paths do not
+                    # read: validation would break the training after it. Float32 throughout instead.
+                    module.support_avx512bf16_for_cpu = False
         if getattr(self.encoder, "pooler", None) is not None:
             self.encoder.pooler = None  # the model's own pooler is not litlab's pooling, and would get no gradient
         if gradient_checkpointing:
@@ -158,22 +167,26 @@ class HuggingFace(nn.Module):
 
     @staticmethod
     def _quantization(transformers, quantize: str, load: bool) -> dict:
-        """from_pretrained's arguments for a 4-bit base (QLoRA: NF4 weights with double quantization,
-        computing in bf16), loaded straight onto this process's GPU; one line where it cannot be."""
+        """from_pretrained's arguments for a 4-bit base (QLoRA: NF4 weights with double quantization),
+        loaded straight onto this process's GPU, computing in bf16, or where there is none onto the CPU,
+        computing in float32; one line where it cannot be."""
         if quantize != "4bit":
             raise ConfigError(f"quantize must be 4bit or null; got {quantize!r}.")
         if not load:
             raise ConfigError("quantize: 4bit quantizes pretrained weights as they load; give name with pretrained: "
                               "true, or leave quantize unset for random weights.")
-        if not torch.cuda.is_available():
-            raise ConfigError("quantize: 4bit loads the weights through bitsandbytes, which needs a CUDA GPU and none "
-                              "is visible; run on a GPU, or leave quantize unset to train the full-precision base.")
         if importlib.util.find_spec("bitsandbytes") is None:
             raise ConfigError("quantize: 4bit needs the bitsandbytes package; install it with pip install "
                               "'litlab[qlora]'.")
+        cuda = torch.cuda.is_available()
+        if not cuda and tuple(int(n) for n in importlib.metadata.version("bitsandbytes").split(".")[:2]) < (0, 50):
+            raise ConfigError("quantize: 4bit without a CUDA GPU needs bitsandbytes 0.50 or newer (its CPU backend); "
+                              "install it with pip install 'litlab[qlora]', or run on a GPU.")
+        # QLoRA's recipe on a GPU computes in bf16; a CPU computes in float32, where bf16 matmuls are slow.
         config = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                 bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
-        return {"quantization_config": config, "device_map": {"": torch.cuda.current_device()}}
+                                                 bnb_4bit_use_double_quant=True,
+                                                 bnb_4bit_compute_dtype=torch.bfloat16 if cuda else torch.float32)
+        return {"quantization_config": config, "device_map": {"": torch.cuda.current_device() if cuda else "cpu"}}
 
     @property
     def encoder(self) -> nn.Module:

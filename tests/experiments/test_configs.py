@@ -87,7 +87,7 @@ def hub_offline(config: dict) -> list[str]:
     # As JSON: jsonargparse 4.53 reads a `null` flag two levels deep as the string "None".
     init = {"name": None, "architecture": kind, "config_overrides": overrides}
     if config["model"]["init_args"]["backbone"]["init_args"].get("quantize"):
-        init["quantize"] = None  # 4-bit loading needs CUDA and pretrained weights (the GPU test in test_lora.py)
+        init["quantize"] = None  # 4-bit loading needs pretrained weights (tests/models/test_lora.py loads them)
     args = [f"--model.init_args.backbone={json.dumps({'init_args': init})}"]
     if kind == "vit":
         args.append("--data.init_args.image_size=32")

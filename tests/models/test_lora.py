@@ -3,6 +3,8 @@ Transformer, timm, torchvision and Hugging Face backbones; a checkpoint holds th
 checked reference to their base; merged weights give the adapted model's outputs, and export writes them."""
 
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import math
 import sys
@@ -28,6 +30,7 @@ pytest.importorskip("peft")
 # in another order; the largest gap seen was 4e-6 of the output (docs/pretraining-and-fine-tuning.md).
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
 RECIPE = DEFAULTS.parent / "digits" / "finetune_lora.yaml"
+QLORA_RECIPE = DEFAULTS.parent / "text" / "qwen_qlora.yaml"
 DIGITS = partial(DigitsDataModule, view="sequence")
 
 
@@ -225,19 +228,37 @@ def test_bad_settings_and_a_missing_peft_are_one_line_each(monkeypatch):
         adapted(0, None)
 
 
+QWEN = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+        "num_key_value_heads": 2, "max_position_embeddings": 128}
+
+
+def qwen_folder(path: Path, vocab_size: int) -> str:
+    """A tiny random Qwen2 decoder saved as a Hub model is: the pretrained base QLoRA quantizes as it loads."""
+    torch.manual_seed(0)
+    HuggingFace(architecture="qwen2", config_overrides={**QWEN, "vocab_size": vocab_size},
+                lm_head="causal").model.save_pretrained(path)
+    return str(path)
+
+
 def test_a_4bit_base_is_refused_in_one_line_where_it_cannot_load_or_cannot_train(tmp_path, monkeypatch):
-    qwen = {"num_key_value_heads": 1, "vocab_size": 40}
-    folder = tmp_path / "qwen"
-    HuggingFace(architecture="qwen2", config_overrides={**TINY, **qwen}, lm_head="causal").model.save_pretrained(folder)
-    cases = [({"architecture": "qwen2", "config_overrides": {**TINY, **qwen}}, "quantizes pretrained weights"),
-             ({"name": str(folder)}, "needs a CUDA GPU" if not torch.cuda.is_available() else "bitsandbytes"),
-             ({"name": str(folder), "quantize": "8bit"}, "must be 4bit")]
-    for kwargs, message in cases:
-        with pytest.raises(ConfigError, match=message) as error:
-            HuggingFace(**{"quantize": "4bit", "lm_head": "causal", **kwargs})
+    folder = qwen_folder(tmp_path / "qwen", 40)
+    find_spec, version = importlib.util.find_spec, importlib.metadata.version
+    cases = [({"architecture": "qwen2", "config_overrides": {**TINY, "vocab_size": 40}}, "quantizes pretrained weights", {}),
+             ({"name": folder, "quantize": "8bit"}, "must be 4bit", {}),
+             ({"name": folder}, "needs the bitsandbytes package",
+              {"find_spec": lambda name, *a: None if name == "bitsandbytes" else find_spec(name, *a)})]
+    if not torch.cuda.is_available():
+        cases.append(({"name": folder}, "0.50 or newer",
+                      {"version": lambda name: "0.45.5" if name == "bitsandbytes" else version(name)}))
+    for kwargs, message, patches in cases:
+        with monkeypatch.context() as patch:
+            for name, replacement in patches.items():
+                patch.setattr(importlib.util if name == "find_spec" else importlib.metadata, name, replacement)
+            with pytest.raises(ConfigError, match=message) as error:
+                HuggingFace(**{"quantize": "4bit", "lm_head": "causal", **kwargs})
         assert "\n" not in str(error.value)
     # A quantized base takes no updates: full and gradual fine-tuning are refused before anything trains.
-    base = HuggingFace(name=str(folder), lm_head="causal")
+    base = HuggingFace(name=folder, lm_head="causal")
     monkeypatch.setattr(base, "quantize", "4bit")
     for mode in ("full", "gradual"):
         with pytest.raises(ConfigError, match="use mode: lora"):
@@ -246,34 +267,53 @@ def test_a_4bit_base_is_refused_in_one_line_where_it_cannot_load_or_cannot_train
     lora.check_trainable(base, "linear")
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available() or __import__("importlib").util.find_spec("bitsandbytes") is None,
-                    reason="needs CUDA and bitsandbytes")
-def test_qlora_trains_bf16_adapters_beside_a_4bit_decoder_that_stays_as_loaded(tmp_path):
-    torch.manual_seed(0)
-    sizes = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
-             "num_key_value_heads": 2, "vocab_size": 64}
-    HuggingFace(architecture="qwen2", config_overrides=sizes, lm_head="causal").model.save_pretrained(tmp_path / "qwen")
-    backbone = HuggingFace(name=str(tmp_path / "qwen"), lm_head="causal", quantize="4bit", gradient_checkpointing=True)
+QLORA_DEVICES = [pytest.param("cpu", id="cpu"),
+                 pytest.param("cuda", id="gpu", marks=[pytest.mark.gpu, pytest.mark.skipif(
+                     not torch.cuda.is_available(), reason="needs CUDA")])]
+
+
+@pytest.mark.parametrize("device", QLORA_DEVICES)
+def test_qlora_trains_adapters_beside_a_4bit_decoder_that_stays_as_loaded_and_merges_into_float32(tmp_path, device):
+    pytest.importorskip("bitsandbytes")
+    backbone = HuggingFace(name=qwen_folder(tmp_path / "qwen", 64), lm_head="causal", quantize="4bit",
+                           gradient_checkpointing=True)
     model = LanguageModel(backbone=backbone, mode="lora", lora_rank=4, optimizer=partial(torch.optim.AdamW, lr=1e-2))
     packed = {k: v.clone() for k, v in lora.base_state(model.backbone).items()}
     assert any(v.dtype == torch.uint8 for v in packed.values())  # the base is 4-bit, packed two weights a byte
-    tokens = torch.randint(0, 64, (32, 33), generator=torch.Generator().manual_seed(0))
+    assert lora.count(model.backbone.model.model.layers[0].mlp.up_proj.base_layer.weight) == 128 * 64
+    tokens = torch.randint(0, 64, (40, 33), generator=torch.Generator().manual_seed(0))
     data = [{"input": t[:-1], "target": t[1:]} for t in tokens]
     losses, ended = [], {}
 
-    class Watch(L.Callback):  # read on the GPU, before the fit's teardown moves the model anywhere
+    class Watch(L.Callback):  # read on the device, before the fit's teardown moves the model anywhere
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
 
         def on_train_end(self, trainer, pl_module):
             ended.update({k: v.cpu() for k, v in lora.base_state(pl_module.backbone).items()})
 
-    fit = trainer(max_steps=24, accelerator="gpu", devices=1, precision="bf16-mixed", limit_val_batches=0,
-                  callbacks=[Watch()])
-    fit.fit(model, torch.utils.data.DataLoader(data, batch_size=8))
-    assert all(math.isfinite(x) for x in losses) and sum(losses[-4:]) < sum(losses[:4])  # the adapters learn
+    # Validation runs between the training steps: a 4-bit layer in eval mode must train again after it.
+    fit = trainer(max_steps=24, accelerator="gpu" if device == "cuda" else "cpu", devices=1,
+                  precision="bf16-mixed" if device == "cuda" else "32-true", callbacks=[Watch()],
+                  val_check_interval=4, limit_val_batches=1, num_sanity_val_steps=0)
+    fit.fit(model, torch.utils.data.DataLoader(data[:32], batch_size=8),
+            torch.utils.data.DataLoader(data[32:], batch_size=8))
+    assert all(math.isfinite(x) for x in losses) and sum(losses[-4:]) < sum(losses[:4]) - 0.2  # the adapters learn
     assert ended.keys() == packed.keys() and all(torch.equal(ended[k], packed[k].cpu()) for k in packed)
+
+    # The merge: float32 nn.Linear layers holding the dequantized NF4 weights plus the adapters, no
+    # quantization left in the model or its config, the adapted model's outputs (a GPU's adapted
+    # model computes in bf16: within its rounding).
+    model = model.to(device).eval()
+    x = tokens[32:, :-1].to(device)
+    with torch.no_grad():
+        adapted = model(x).float()
+        model.merge_adapters()
+        merged = model(x)
+    layers = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(layers) == 15 and all(type(m) is torch.nn.Linear and m.weight.dtype == torch.float32 for m in layers)
+    assert model.backbone.quantize is None and not hasattr(model.backbone.model.config, "quantization_config")
+    torch.testing.assert_close(merged, adapted, **(TOLERANCE if device == "cpu" else {"atol": 0.05, "rtol": 0.05}))
 
 
 # ---- checkpoints: the adapters, the head and the reference to their base ----
@@ -466,6 +506,65 @@ def test_a_lora_fit_killed_mid_epoch_resumes_bit_identical(cli, monkeypatch, tmp
     got = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
     assert (resumed / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
+
+
+@pytest.mark.slow
+def test_the_qlora_recipe_runs_on_a_cpu_resumes_bit_identical_after_a_kill_and_exports_a_float32_model(cli, monkeypatch,
+                                                                                                       tmp_path):
+    # The GPU recipe as shipped (4-bit base, rank-16 adapters with dropout, gradient checkpointing, 4 batches
+    # a step), on a tiny decoder saved here as its Hub model, bytes for its tokenizer, on the CPU in float32.
+    pytest.importorskip("bitsandbytes")
+    transformers = pytest.importorskip("transformers")
+    from datamodules import TextDataModule
+
+    class Interrupted(Exception):
+        pass
+
+    folder = qwen_folder(tmp_path / "qwen", TextDataModule(block_size=64).vocab_size)
+    args = ["--config", str(QLORA_RECIPE), f"--model.backbone.init_args.name={folder}", "--data.tokenizer=bytes",
+            "--trainer.accelerator=cpu", "--trainer.precision=32-true", "--data.block_size=64", "--data.batch_size=8",
+            "--data.num_workers=0", "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2"]
+    fit = ["fit", *args, "--trainer.max_steps=6", "--trainer.callbacks.every_n_train_steps=3"]
+    run = cli(*fit)
+    reference = Path(run.trainer.log_dir)
+    assert "test/loss" in run.trainer.callback_metrics  # the closing test loaded the best checkpoint onto its 4-bit base
+    saved = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["state_dict"] and all(is_adapter(k) for k in saved["state_dict"])
+    assert saved["lora"]["base"]["backbone"] == f"HuggingFace {folder}" and saved["lora"]["rank"] == 16
+
+    train = LanguageModel.training_step
+
+    def killed_in_step_five(self, batch, batch_idx):
+        if batch_idx == 17:  # step 3's checkpoint is written after batch 11
+            raise Interrupted
+        return train(self, batch, batch_idx)
+
+    monkeypatch.setattr(LanguageModel, "training_step", killed_in_step_five)
+    with pytest.raises(Interrupted):
+        cli(*fit)
+    monkeypatch.setattr(LanguageModel, "training_step", train)
+    interrupted = max(reference.parent.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    torch.manual_seed(1234)  # a new process starts from other random states
+    resumed = Path(cli(*fit, "--ckpt_path=last").trainer.log_dir)
+    assert resumed == interrupted
+    expected = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    got = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    assert (resumed / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
+
+    # litlab test reads the adapters onto the 4-bit base; export merges them into a float32 model that
+    # plain transformers runs, without bitsandbytes, giving the adapted model's logits.
+    last = str(resumed / "checkpoints" / "last.ckpt")
+    adapted = cli("test", *args, "--ckpt_path", last).model.eval()
+    output = tmp_path / "merged"
+    cli("export", *args, "--ckpt_path", last, "--format", "huggingface", "--output", str(output))
+    config = json.loads((output / "config.json").read_text())
+    assert "quantization_config" not in config
+    plain = transformers.AutoModelForCausalLM.from_pretrained(output).eval()
+    assert all(v.dtype == torch.float32 and "lora" not in k for k, v in plain.state_dict().items())
+    tokens = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=tokens).logits, adapted(tokens), **TOLERANCE)
 
 
 @pytest.mark.slow
