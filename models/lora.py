@@ -47,6 +47,9 @@ _CHUNK = 1 << 24  # bytes hashed at a time
 
 
 def _peft():
+    from models.backbones.huggingface import import_bitsandbytes
+
+    import_bitsandbytes()  # which peft imports, where it is installed, as it adapts a layer
     try:
         return importlib.import_module("peft")
     except ImportError:

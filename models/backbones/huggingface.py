@@ -21,6 +21,7 @@ import importlib.util
 import inspect
 import logging
 import pickle
+import sys
 from typing import Any, Literal
 
 import torch
@@ -44,6 +45,31 @@ def _transformers():
         raise ConfigError(
             "The HuggingFace backbone needs the transformers package; install it with pip install 'litlab[hf]'."
         ) from None
+
+
+def _kernel_notice(record: logging.LogRecord) -> bool:
+    return "kernels-community" not in record.getMessage()
+
+
+def import_bitsandbytes() -> None:
+    """Import bitsandbytes, where it is installed, before peft (as it adapts a layer) or transformers (for a
+    4-bit base) does, without its fetch of a CPU kernel from the Hub. On a CPU with avx512-bf16 its import
+    asks the Hub for a kernel (seconds offline, a download online) that serves only its bf16 inference
+    path, which litlab turns off (`HuggingFace`); the Hub is offline for that import alone, and the notices
+    that the kernel is missing, which a litlab user cannot act on, are left out."""
+    if "bitsandbytes" in sys.modules or importlib.util.find_spec("bitsandbytes") is None:
+        return
+    for name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
+        logger = logging.getLogger(name)
+        if _kernel_notice not in logger.filters:
+            logger.addFilter(_kernel_notice)
+    constants = importlib.import_module("huggingface_hub.constants")  # a dependency of peft and transformers
+    offline = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        importlib.import_module("bitsandbytes")
+    finally:
+        constants.HF_HUB_OFFLINE = offline
 
 
 @contextlib.contextmanager
@@ -178,6 +204,7 @@ class HuggingFace(nn.Module):
         if importlib.util.find_spec("bitsandbytes") is None:
             raise ConfigError("quantize: 4bit needs the bitsandbytes package; install it with pip install "
                               "'litlab[qlora]'.")
+        import_bitsandbytes()
         cuda = torch.cuda.is_available()
         if not cuda and tuple(int(n) for n in importlib.metadata.version("bitsandbytes").split(".")[:2]) < (0, 50):
             raise ConfigError("quantize: 4bit without a CUDA GPU needs bitsandbytes 0.50 or newer (its CPU backend); "

@@ -7,6 +7,8 @@ import importlib.metadata
 import importlib.util
 import json
 import math
+import os
+import subprocess
 import sys
 from functools import partial
 from pathlib import Path
@@ -265,6 +267,26 @@ def test_a_4bit_base_is_refused_in_one_line_where_it_cannot_load_or_cannot_train
             lora.check_trainable(base, mode)
     lora.check_trainable(base, "lora")
     lora.check_trainable(base, "linear")
+
+
+@pytest.mark.slow
+def test_bitsandbytes_is_imported_without_asking_the_hub_for_a_kernel_or_printing_that_it_has_none(monkeypatch):
+    # On a CPU with avx512-bf16 its import fetches a kernel from the Hub (for the inference path litlab turns
+    # off) and warns where it cannot; elsewhere it does neither, and this passes either way.
+    pytest.importorskip("bitsandbytes")
+    code = ("import huggingface_hub.constants as hub, sys\n"
+            "from models.backbones.huggingface import import_bitsandbytes\n"
+            "import_bitsandbytes()  # as lora._peft() and HuggingFace(quantize='4bit') do first\n"
+            "assert 'bitsandbytes' in sys.modules and hub.HF_HUB_OFFLINE is False\n")
+    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=Path(lora.__file__).parents[1])  # the repository
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "kernels-community" not in done.stderr, done.stderr[-2000:]
+    called = []  # and LoRA imports it so, before peft can
+    monkeypatch.setattr("models.backbones.huggingface.import_bitsandbytes", lambda: called.append(True))
+    lora._peft()
+    assert called
 
 
 QLORA_DEVICES = [pytest.param("cpu", id="cpu"),
