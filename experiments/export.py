@@ -12,7 +12,7 @@ in two batch sizes (the batch axis is dynamic), and must give the PyTorch model'
 within `TOLERANCE`, else the file is removed and the export fails with the difference.
 
 A LoRA run is exported merged: its adapters are checked against their base and folded into it,
-so every format holds plain weights. `huggingface` writes a `save_pretrained` folder that plain `transformers` loads and runs
+so every format holds plain weights (float32 ones for a QLoRA run's 4-bit base). `huggingface` writes a `save_pretrained` folder that plain `transformers` loads and runs
 (`experiments/export_huggingface.py`).
 """
 

@@ -17,7 +17,8 @@ folds an adapter into its layer's weight. The backbone stays the plain module it
   sentence unless it is that base, and fills the base weights in; `checkpoint_skips` lets the
   checks that run before Lightning loads it (`check_fits`) pass the missing base;
 - `merge_adapters` folds the adapters into the base weights, which leaves plain layers (no peft
-  in the model or its state dict): what `litlab export` writes;
+  in the model or its state dict): what `litlab export` writes; a 4-bit base (QLoRA) is first
+  dequantized to float32, so the model written is a float32 one;
 - `load_pretrained` starts a task from any checkpoint, a LoRA one included: its base (the file
   it names, or the backbone as built), checked, with the adapters merged in.
 """
