@@ -235,7 +235,7 @@ QWEN = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "in
 
 
 def qwen_folder(path: Path, vocab_size: int) -> str:
-    """A tiny random Qwen2 decoder saved as a Hub model is: the pretrained base QLoRA quantizes as it loads."""
+    """A tiny random Qwen2 decoder in a save_pretrained folder, as a Hub model is: the base QLoRA quantizes."""
     torch.manual_seed(0)
     HuggingFace(architecture="qwen2", config_overrides={**QWEN, "vocab_size": vocab_size},
                 lm_head="causal").model.save_pretrained(path)
