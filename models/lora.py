@@ -171,34 +171,32 @@ def merge(backbone: nn.Module) -> int:
     tuner = _tuner_layer()
     adapted = [(name, m) for name, m in backbone.named_modules() if isinstance(m, tuner)]
     if getattr(backbone, "quantize", None):
-        return _merge_quantized(backbone, adapted)
-    for name, layer in adapted:
-        layer.merge(safe_merge=True)  # refuses to write NaNs into the base
-        backbone.set_submodule(name, layer.get_base_layer())
+        _merge_quantized(backbone, adapted)
+    else:
+        for name, layer in adapted:
+            layer.merge(safe_merge=True)  # refuses to write NaNs into the base
+            backbone.set_submodule(name, layer.get_base_layer())
     root = adapter_root(backbone)
     if "peft_config" in vars(root):  # peft's note of its settings on the model it adapted
         del root.peft_config
     return len(adapted)
 
 
-def _merge_quantized(backbone: nn.Module, adapted: list[tuple[str, nn.Module]]) -> int:
-    """QLoRA's merge: a float32 model out, not a 4-bit one (folding an adapter into a 4-bit weight rounds the
-    sum back to 4 bits, and the adapters' small steps with it). Each adapter's delta weight is taken, the base
-    is dequantized to float32 by transformers (the very NF4 values the adapters were trained beside, in plain
-    nn.Linear layers, its config no longer quantized), and the delta is added."""
+def _merge_quantized(backbone: nn.Module, adapted: list[tuple[str, nn.Module]]) -> None:
+    """QLoRA's merge, in place of peft's: a float32 model out, not a 4-bit one (folding an adapter into a
+    4-bit weight rounds the sum back to 4 bits, and the adapters' small steps with it). Each adapter's delta
+    weight is taken, the base is dequantized to float32 by transformers (the very NF4 values the adapters were
+    trained beside, in plain nn.Linear layers, its config no longer quantized), and the delta is added."""
     deltas = {}
     for name, layer in adapted:
         deltas[name] = sum(layer.get_delta_weight(adapter).float() for adapter in layer.active_adapters)
         backbone.set_submodule(name, layer.get_base_layer())
-    model = adapter_root(backbone)
-    if "peft_config" in vars(model):
-        del model.peft_config
     with torch.no_grad():
-        model.dequantize(dtype=torch.float32)
+        adapter_root(backbone).dequantize(dtype=torch.float32)
         for name, delta in deltas.items():
-            backbone.get_submodule(name).weight += delta.to(backbone.get_submodule(name).weight.device)
+            weight = backbone.get_submodule(name).weight
+            weight += delta.to(weight.device)
     backbone.quantize = None
-    return len(adapted)
 
 
 def count(parameter: torch.Tensor) -> int:
