@@ -102,6 +102,33 @@ def cli(monkeypatch: pytest.MonkeyPatch):
     return lambda *args: LitlabCLI(args=[*args, *QUIET])
 
 
+class Interrupted(Exception):
+    """Stands for a kill: the process's state is lost, only what is on disk remains."""
+
+
+@pytest.fixture
+def interrupted_fit(cli, monkeypatch: pytest.MonkeyPatch):
+    """`interrupted_fit(task, args, when, runs)`: `cli(*args)` with `task.training_step` raising `Interrupted`
+    (a kill) at the first batch where `when(self, batch_idx)` holds. Returns the interrupted run's folder:
+    the newest `version_*` under `runs`."""
+
+    def run(task, args, when, runs: Path) -> Path:
+        train = task.training_step
+
+        def killed(self, batch, batch_idx):
+            if when(self, batch_idx):
+                raise Interrupted
+            return train(self, batch, batch_idx)
+
+        monkeypatch.setattr(task, "training_step", killed)
+        with pytest.raises(Interrupted):
+            cli(*args)
+        monkeypatch.setattr(task, "training_step", train)
+        return max(runs.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+
+    return run
+
+
 @pytest.fixture
 def litlab_main(capsys: pytest.CaptureFixture):
     """`litlab_main("fit", ...)` -> (exit code, stdout, stderr) of `experiments.cli.main` in this process."""

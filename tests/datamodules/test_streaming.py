@@ -17,10 +17,6 @@ TINY = ["--model.backbone.d_model=16", "--model.backbone.depth=1", "--model.back
         "--model.backbone.max_len=16", "--data.block_size=16", "--model.sample_prompts=null"]
 
 
-class Interrupted(Exception):
-    """Stands for a kill: only what is on disk remains."""
-
-
 def corpus(folder: Path, files: int = 4) -> tuple[Path, list[str]]:
     """The pydoc topics as `files` Parquet shards of a text column."""
     import pyarrow as pa
@@ -63,7 +59,7 @@ def test_each_process_reads_its_own_shards_and_the_carved_splits_partition_the_d
 
 @pytest.mark.slow
 def test_a_streamed_fit_stopped_mid_stream_resumes_bit_identical_and_other_worker_counts_are_refused(
-    cli, monkeypatch, tmp_path
+    cli, interrupted_fit, tmp_path
 ):
     source, _ = corpus(tmp_path / "corpus")
     defaults = tmp_path / "defaults.yaml"
@@ -72,20 +68,7 @@ def test_a_streamed_fit_stopped_mid_stream_resumes_bit_identical_and_other_worke
             "--data.num_workers=2", "--data.batch_size=8", "--trainer.max_steps=14", "--trainer.val_check_interval=7",
             "--trainer.check_val_every_n_epoch=null", "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2"]
     reference = Path(cli(*args).trainer.log_dir)
-
-    task = LanguageModel
-    train = task.training_step
-
-    def killed_at_step_10(self, batch, batch_idx):
-        if self.global_step == 10:
-            raise Interrupted
-        return train(self, batch, batch_idx)
-
-    monkeypatch.setattr(task, "training_step", killed_at_step_10)
-    with pytest.raises(Interrupted):
-        cli(*args)
-    monkeypatch.setattr(task, "training_step", train)
-    interrupted = max(reference.parent.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    interrupted = interrupted_fit(LanguageModel, args, lambda task, batch_idx: task.global_step == 10, reference.parent)
     saved = torch.load(interrupted / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 8  # resumed 8 batches into the stream: 4 from each worker
     with pytest.raises(ConfigError, match="saved with 1 process.* and 2 loader worker.* resumes with 1 and 1"):

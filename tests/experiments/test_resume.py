@@ -35,25 +35,15 @@ def final_state(run: Path) -> dict[str, torch.Tensor]:
     [("cnn_augment", ["--data.num_workers=2", "--model.backbone.dropout=0.2"]), ("simclr", []), ("cnn_muon", [])],
     ids=["per-sample-in-workers", "on-device", "muon"],
 )
-def test_an_interrupted_fit_resumed_from_last_ckpt_ends_bit_identical(cli, monkeypatch, tmp_path, experiment, flags):
+def test_an_interrupted_fit_resumed_from_last_ckpt_ends_bit_identical(cli, interrupted_fit, tmp_path, experiment, flags):
     # A checkpoint every 3 steps: the resume starts in the middle of epoch two.
     args = ["fit", "--config", frequent_checkpoints(tmp_path, 3), "--config", str(DIGITS / f"{experiment}.yaml"),
             "--trainer.max_epochs=3", *flags]
     reference = Path(cli(*args).trainer.log_dir)
 
     task = type(cli(*args, "--trainer.max_steps=1").model)  # the task class the recipe builds
-    train = task.training_step
-
-    def killed_in_epoch_two(self, batch, batch_idx):
-        if self.current_epoch == 1 and batch_idx == 4:
-            raise Interrupted
-        return train(self, batch, batch_idx)
-
-    monkeypatch.setattr(task, "training_step", killed_in_epoch_two)
-    with pytest.raises(Interrupted):
-        cli(*args)
-    monkeypatch.setattr(task, "training_step", train)
-    interrupted = max(reference.parent.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    interrupted = interrupted_fit(task, args, lambda model, batch_idx: model.current_epoch == 1 and batch_idx == 4,
+                                  reference.parent)
     # A new process starts from other random states; the checkpoint must bring back the right ones.
     torch.manual_seed(1234), random.seed(1234), np.random.seed(1234)
     saved = torch.load(interrupted / "checkpoints" / "last.ckpt", weights_only=True)

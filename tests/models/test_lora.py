@@ -499,28 +499,15 @@ def test_the_recipe_fits_tests_predicts_and_exports_on_its_base_and_refuses_anot
 
 
 @pytest.mark.slow
-def test_a_lora_fit_killed_mid_epoch_resumes_bit_identical(cli, monkeypatch, tmp_path):
-    class Interrupted(Exception):
-        pass
-
+def test_a_lora_fit_killed_mid_epoch_resumes_bit_identical(cli, interrupted_fit, tmp_path):
     base = cnn_base(tmp_path / "simclr.pt")
     defaults = tmp_path / "defaults.yaml"
     defaults.write_text(DEFAULTS.read_text().replace("every_n_train_steps: 100", "every_n_train_steps: 3"))
     args = ["fit", "--config", str(defaults), "--config", str(RECIPE), f"--model.checkpoint={base}",
             "--trainer.max_epochs=3", "--model.lora_dropout=0.1"]
     reference = Path(cli(*args).trainer.log_dir)
-    train = FineTune.training_step
-
-    def killed_in_epoch_two(self, batch, batch_idx):
-        if self.current_epoch == 1 and batch_idx == 2:
-            raise Interrupted
-        return train(self, batch, batch_idx)
-
-    monkeypatch.setattr(FineTune, "training_step", killed_in_epoch_two)
-    with pytest.raises(Interrupted):
-        cli(*args)
-    monkeypatch.setattr(FineTune, "training_step", train)
-    interrupted = max(reference.parent.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    interrupted = interrupted_fit(FineTune, args, lambda task, batch_idx: task.current_epoch == 1 and batch_idx == 2,
+                                  reference.parent)
     torch.manual_seed(1234)  # a new process starts from other random states
     resumed = Path(cli(*args, "--ckpt_path=last").trainer.log_dir)
     assert resumed == interrupted
@@ -531,16 +518,14 @@ def test_a_lora_fit_killed_mid_epoch_resumes_bit_identical(cli, monkeypatch, tmp
 
 
 @pytest.mark.slow
-def test_the_qlora_recipe_runs_on_a_cpu_resumes_bit_identical_after_a_kill_and_exports_a_float32_model(cli, monkeypatch,
-                                                                                                       tmp_path):
+def test_the_qlora_recipe_runs_on_a_cpu_resumes_bit_identical_after_a_kill_and_exports_a_float32_model(
+    cli, interrupted_fit, tmp_path
+):
     # The GPU recipe as shipped (4-bit base, rank-16 adapters with dropout, gradient checkpointing, 4 batches
     # a step), on a tiny decoder saved here as its Hub model, bytes for its tokenizer, on the CPU in float32.
     pytest.importorskip("bitsandbytes")
     transformers = pytest.importorskip("transformers")
     from datamodules import TextDataModule
-
-    class Interrupted(Exception):
-        pass
 
     folder = qwen_folder(tmp_path / "qwen", TextDataModule(block_size=64).vocab_size)
     args = ["--config", str(QLORA_RECIPE), f"--model.backbone.init_args.name={folder}", "--data.tokenizer=bytes",
@@ -554,18 +539,8 @@ def test_the_qlora_recipe_runs_on_a_cpu_resumes_bit_identical_after_a_kill_and_e
     assert saved["state_dict"] and all(is_adapter(k) for k in saved["state_dict"])
     assert saved["lora"]["base"]["backbone"] == f"HuggingFace {folder}" and saved["lora"]["rank"] == 16
 
-    train = LanguageModel.training_step
-
-    def killed_in_step_five(self, batch, batch_idx):
-        if batch_idx == 17:  # step 3's checkpoint is written after batch 11
-            raise Interrupted
-        return train(self, batch, batch_idx)
-
-    monkeypatch.setattr(LanguageModel, "training_step", killed_in_step_five)
-    with pytest.raises(Interrupted):
-        cli(*fit)
-    monkeypatch.setattr(LanguageModel, "training_step", train)
-    interrupted = max(reference.parent.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    # Killed in step 5: step 3's checkpoint is written after batch 11.
+    interrupted = interrupted_fit(LanguageModel, fit, lambda task, batch_idx: batch_idx == 17, reference.parent)
     torch.manual_seed(1234)  # a new process starts from other random states
     resumed = Path(cli(*fit, "--ckpt_path=last").trainer.log_dir)
     assert resumed == interrupted
